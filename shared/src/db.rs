@@ -1,0 +1,231 @@
+//! Postgres access: a small pool sized for Lambda, TLS for remote hosts, and
+//! the embedded migrations.
+//!
+//! A Lambda container serves one invocation at a time, so the pool holds one
+//! or two connections. Connections are verified on recycle: a container that
+//! thaws after minutes frozen finds its socket dead, and must reconnect
+//! instead of failing the invocation.
+
+use std::{sync::Arc, time::Duration};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::config::{Host, SslMode};
+
+use crate::{
+    config::{Config, DbSource},
+    secrets::{DbSecret, SecretError, Secrets},
+};
+
+pub use deadpool_postgres::{Object as PooledClient, Pool as DbPool};
+
+mod embedded {
+    refinery::embed_migrations!("../migrations");
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database settings are invalid: {0}")]
+    Settings(String),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error("could not get a database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("database error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("migration failed: {0}")]
+    Migration(String),
+}
+
+impl DbError {
+    /// True when the database could not be reached at all (as opposed to a query error).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            DbError::Pool(_) | DbError::Secret(_) => true,
+            DbError::Postgres(e) => e.is_closed() || e.as_db_error().is_none(),
+            _ => false,
+        }
+    }
+}
+
+/// Connection settings resolved from the config and, when needed, the RDS secret.
+#[derive(Clone)]
+pub struct DbSettings {
+    pub pg: tokio_postgres::Config,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub pool_size: usize,
+}
+
+impl DbSettings {
+    pub async fn resolve(cfg: &Config, secrets: Option<&Secrets>) -> Result<Self, DbError> {
+        let mut pg = match &cfg.db {
+            DbSource::Url(url) => url
+                .parse::<tokio_postgres::Config>()
+                .map_err(|_| DbError::Settings("DATABASE_URL is not a valid postgres URL".into()))?,
+            DbSource::Secret(id) => {
+                let secrets = secrets.ok_or_else(|| {
+                    DbError::Settings("DB_SECRET_ID is set but no secrets client was given".into())
+                })?;
+                let s: DbSecret = secrets.get_json(id).await?;
+                let mut pg = tokio_postgres::Config::new();
+                pg.host(&s.host)
+                    .port(s.port)
+                    .user(&s.username)
+                    .password(s.password.expose())
+                    .dbname(&s.dbname);
+                pg
+            }
+        };
+        pg.application_name("kommo-zoho-integration")
+            .connect_timeout(Duration::from_secs(5))
+            .keepalives(true)
+            .options(format!(
+                "-c statement_timeout={}",
+                cfg.db_statement_timeout.as_millis()
+            ));
+        let remote = pg.get_hosts().iter().any(|h| match h {
+            Host::Tcp(name) => !is_local_host(name),
+            Host::Unix(_) => false,
+        });
+        let want_tls = cfg.db_require_tls.unwrap_or(remote);
+        let tls = if want_tls {
+            // `prefer` would silently fall back to plaintext; insist.
+            pg.ssl_mode(SslMode::Require);
+            Some(Arc::new(tls_config(cfg.db_ca_bundle.as_deref())?))
+        } else {
+            None
+        };
+        Ok(DbSettings {
+            pg,
+            tls,
+            pool_size: cfg.db_pool_size,
+        })
+    }
+
+    pub fn from_url(url: &str) -> Result<Self, DbError> {
+        let pg = url
+            .parse::<tokio_postgres::Config>()
+            .map_err(|_| DbError::Settings("not a valid postgres URL".into()))?;
+        Ok(DbSettings {
+            pg,
+            tls: None,
+            pool_size: 2,
+        })
+    }
+
+    /// Builds the pool; no connection is made until first use.
+    pub fn pool(&self) -> Result<Pool, DbError> {
+        let mgr_cfg = ManagerConfig {
+            recycling_method: RecyclingMethod::Verified,
+        };
+        let mgr = match &self.tls {
+            Some(tls) => Manager::from_config(
+                self.pg.clone(),
+                tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone()),
+                mgr_cfg,
+            ),
+            None => Manager::from_config(self.pg.clone(), tokio_postgres::NoTls, mgr_cfg),
+        };
+        Pool::builder(mgr)
+            .max_size(self.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| DbError::Settings(e.to_string()))
+    }
+
+    /// A single connection outside the pool, for migrations and `COPY`.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, DbError> {
+        let client = match &self.tls {
+            Some(tls) => {
+                let (client, conn) = self
+                    .pg
+                    .connect(tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone()))
+                    .await?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::warn!(error = %e, "database connection closed");
+                    }
+                });
+                client
+            }
+            None => {
+                let (client, conn) = self.pg.connect(tokio_postgres::NoTls).await?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::warn!(error = %e, "database connection closed");
+                    }
+                });
+                client
+            }
+        };
+        Ok(client)
+    }
+}
+
+fn is_local_host(name: &str) -> bool {
+    matches!(name, "localhost" | "127.0.0.1" | "::1") || name.ends_with(".localhost")
+}
+
+fn tls_config(ca_bundle: Option<&str>) -> Result<rustls::ClientConfig, DbError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_bundle {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| DbError::Tls(format!("cannot read DB_CA_BUNDLE_PATH {path}: {e}")))?;
+            let mut reader = std::io::BufReader::new(pem.as_slice());
+            for cert in rustls_pemfile::certs(&mut reader) {
+                let cert = cert.map_err(|e| DbError::Tls(format!("bad PEM in {path}: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| DbError::Tls(format!("bad certificate in {path}: {e}")))?;
+            }
+            if roots.is_empty() {
+                return Err(DbError::Tls(format!("{path} holds no certificates")));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    // Both ring and aws-lc-rs are in the dependency graph, so pick one explicitly.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| DbError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Applies every pending migration; a second run changes nothing.
+pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<Vec<String>, DbError> {
+    let report = embedded::migrations::runner()
+        .set_abort_divergent(true)
+        .run_async(client)
+        .await
+        .map_err(|e| DbError::Migration(e.to_string()))?;
+    Ok(report
+        .applied_migrations()
+        .iter()
+        .map(|m| m.to_string())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_hosts_need_tls_and_local_do_not() {
+        assert!(is_local_host("localhost"));
+        assert!(is_local_host("127.0.0.1"));
+        assert!(!is_local_host("db.abcdefgh.eu-west-1.rds.amazonaws.com"));
+    }
+
+    #[test]
+    fn missing_ca_bundle_is_a_clear_error() {
+        let err = tls_config(Some("/nonexistent/ca.pem")).unwrap_err();
+        assert!(err.to_string().contains("DB_CA_BUNDLE_PATH /nonexistent/ca.pem"));
+    }
+}

@@ -1,0 +1,1 @@
+//! Kommo API v4: client, wire model, webhook deliveries and lead mapping.

@@ -1,0 +1,1 @@
+//! The integrations outbox: enqueue, claim with a lease, settle, requeue.

@@ -1,0 +1,45 @@
+//! Sending to SQS queues (the webhook buffer and the full-refresh jobs).
+
+use aws_sdk_sqs::Client;
+
+#[derive(Debug, thiserror::Error)]
+#[error("SQS send to {queue} failed: {reason}")]
+pub struct SqsError {
+    pub queue: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Queue {
+    client: Client,
+    url: String,
+}
+
+impl Queue {
+    pub fn new(client: Client, url: impl Into<String>) -> Self {
+        Queue {
+            client,
+            url: url.into(),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Sends one message and returns its id.
+    pub async fn send(&self, body: &str) -> Result<String, SqsError> {
+        let out = self
+            .client
+            .send_message()
+            .queue_url(&self.url)
+            .message_body(body)
+            .send()
+            .await
+            .map_err(|e| SqsError {
+                queue: self.url.clone(),
+                reason: aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
+            })?;
+        Ok(out.message_id.unwrap_or_default())
+    }
+}

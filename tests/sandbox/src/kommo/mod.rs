@@ -1,0 +1,1 @@
+//! Kommo v4 sandbox.

@@ -1,0 +1,1 @@
+//! Zoho CRM v8 sandbox.
