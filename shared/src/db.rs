@@ -214,6 +214,18 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<Vec<String>,
         .collect())
 }
 
+/// A fingerprint of the embedded migrations (names and checksums), so test
+/// harnesses can cache a migrated template database per schema version.
+pub fn migrations_fingerprint() -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for m in embedded::migrations::runner().get_migrations() {
+        h.update(m.to_string().as_bytes());
+        h.update(m.checksum().to_le_bytes());
+    }
+    hex::encode(&h.finalize()[..6])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,16 +244,4 @@ mod tests {
             .to_string()
             .contains("DB_CA_BUNDLE_PATH /nonexistent/ca.pem"));
     }
-}
-
-/// A fingerprint of the embedded migrations (names and checksums), so test
-/// harnesses can cache a migrated template database per schema version.
-pub fn migrations_fingerprint() -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for m in embedded::migrations::runner().get_migrations() {
-        h.update(m.to_string().as_bytes());
-        h.update(m.checksum().to_le_bytes());
-    }
-    hex::encode(&h.finalize()[..6])
 }
