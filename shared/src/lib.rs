@@ -12,6 +12,7 @@ pub mod db;
 pub mod flags;
 pub mod kommo;
 pub mod outbox;
+pub mod refresh;
 pub mod secrets;
 pub mod sqs;
 pub mod telemetry;
