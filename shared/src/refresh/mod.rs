@@ -15,11 +15,13 @@ pub mod runs;
 pub mod settings;
 pub mod staging;
 pub mod swap;
+pub mod worker;
 
 pub use alert::Alerter;
 pub use job::{Deadline, JobMessage, JobQueue, MemoryQueue};
 pub use runs::{RunRecord, RunStatus, StartOutcome};
 pub use settings::{RefreshSettings, StagingMethod};
+pub use worker::{run_to_completion, Checkpoint, JobOutcome, Worker};
 
 use crate::db::DbError;
 
@@ -32,6 +34,10 @@ pub enum RefreshError {
     Queue(String),
     #[error("full-refresh run {0} does not exist")]
     UnknownRun(uuid::Uuid),
+    #[error(transparent)]
+    Mapping(#[from] crate::kommo::MappingError),
+    #[error("full-refresh state is inconsistent: {0}")]
+    Internal(String),
 }
 
 impl From<tokio_postgres::Error> for RefreshError {

@@ -156,7 +156,7 @@ pub async fn create_run(
         tx.execute(
             "UPDATE kommo_import_runs
                 SET status = 'failed', phase = 'failed', finished_at = now(), updated_at = now(),
-                    error = coalesce(error || '; ', '') || 'abandoned: no progress for ' || $2 || ' s'
+                    error = coalesce(error || '; ', '') || 'abandoned: no progress for ' || $2::text || ' s'
               WHERE id = $1",
             &[&run.id, &(stale_after.as_secs() as i64).to_string()],
         )
@@ -222,7 +222,7 @@ pub async fn start_run(
         if let Err(e) = queue.send(&job).await {
             tracing::error!(run_id = %run.id, error = %e, "could not queue the full-refresh job");
             finish(
-                &**client,
+                &*client,
                 run.id,
                 RunStatus::Failed,
                 Some(&e.to_string()),

@@ -289,28 +289,6 @@ pub async fn stage_page(
     Ok(())
 }
 
-/// Which of `ids` are already staged for this run: contacts are shared by
-/// many leads across pages, and asking the database keeps memory flat and
-/// saves a Kommo request per known contact.
-pub async fn staged_contact_ids(
-    tx: &Transaction<'_>,
-    run_id: Uuid,
-    ids: &[i64],
-) -> Result<Vec<i64>, RefreshError> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    Ok(tx
-        .query(
-            "SELECT contact_id FROM stg_kommo_contacts WHERE run_id = $1 AND contact_id = ANY($2)",
-            &[&run_id, &ids],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect())
-}
-
 /// Deletes staging of successful runs except the `keep` most recent ones.
 /// Failed and held runs keep theirs for inspection.
 pub async fn cleanup(client: &impl tokio_postgres::GenericClient, keep: i64) -> Result<u64, RefreshError> {

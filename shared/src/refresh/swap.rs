@@ -82,7 +82,7 @@ pub async fn swap(
         )
         .await?
         .map(|r| r.get(0));
-    drop(tx);
+    tx.commit().await?;
 
     let progress = json!({"leads": leads, "contacts": contacts, "vehicles": vehicles});
     tracing::info!(%run_id, %progress, previous, "swap pre-checks");
