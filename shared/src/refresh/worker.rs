@@ -69,7 +69,10 @@ pub enum JobOutcome {
 
 /// Why fetching stopped early.
 enum Stop {
-    Kommo { page: u32, error: KommoError },
+    Kommo {
+        page: u32,
+        error: KommoError,
+    },
     Db(RefreshError),
     /// The run was closed by someone else meanwhile.
     Closed,
@@ -110,7 +113,10 @@ impl Worker {
         let mut conn = self.pool.get().await?;
         let client: &mut tokio_postgres::Client = &mut conn;
         let locked: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&self.settings.lock_key])
+            .query_one(
+                "SELECT pg_try_advisory_lock($1)",
+                &[&self.settings.lock_key],
+            )
             .await?
             .get(0);
         if !locked {
@@ -261,7 +267,10 @@ impl Worker {
             }
         };
         let (from, to) = year_bounds(run.year, offset).ok_or_else(|| {
-            Stop::Db(RefreshError::Internal(format!("year {} has no bounds", run.year)))
+            Stop::Db(RefreshError::Internal(format!(
+                "year {} has no bounds",
+                run.year
+            )))
         })?;
         let cp = Checkpoint {
             from,
@@ -272,7 +281,8 @@ impl Worker {
             skipped: 0,
             invocations: 0,
         };
-        let cp_json = serde_json::to_value(&cp).map_err(|e| Stop::Db(RefreshError::Internal(e.to_string())))?;
+        let cp_json = serde_json::to_value(&cp)
+            .map_err(|e| Stop::Db(RefreshError::Internal(e.to_string())))?;
         let n = client
             .execute(
                 "UPDATE kommo_import_runs
@@ -547,7 +557,10 @@ mod tests {
 
     #[test]
     fn year_bounds_are_utc_by_default_and_local_on_request() {
-        assert_eq!(year_bounds(2025, None), Some((1_735_689_600, 1_767_225_599)));
+        assert_eq!(
+            year_bounds(2025, None),
+            Some((1_735_689_600, 1_767_225_599))
+        );
         let dubai = FixedOffset::east_opt(4 * 3600);
         assert_eq!(
             year_bounds(2025, dubai),
