@@ -585,3 +585,61 @@ async fn turning_kommo_live_off_stops_a_run_before_production_changes() {
     assert!(r.error.unwrap().contains("enableKommoLive"));
     assert_eq!(db.count("bookings").await, 0);
 }
+
+#[tokio::test]
+async fn year_bounds_can_follow_the_account_timezone() {
+    let db = live_db().await;
+    let kommo = sandbox(0, 0).await; // the sandbox account is at +04:00
+    let at = |y, m, d, h| Utc.with_ymd_and_hms(y, m, d, h, 0, 0).unwrap().timestamp();
+    let mut id = kommo.next_lead_id();
+    let mut add = |created: i64| {
+        kommo.upsert_lead(SandboxLead::new(
+            id,
+            "x",
+            data::PIPELINE_RENTALS,
+            67548619,
+            created,
+        ));
+        id += 1;
+        id - 1
+    };
+    // 2025-01-01 01:00 in Dubai, but still 2024 in UTC.
+    let early = add(at(2024, 12, 31, 21));
+    let mid = add(at(2025, 6, 1, 12));
+    // 2026-01-01 01:00 in Dubai, but still 2025 in UTC.
+    let late = add(at(2025, 12, 31, 21));
+
+    let queue = Arc::new(MemoryQueue::default());
+    let utc = worker(&db, &kommo, queue.clone(), settings());
+    let run = run_to_completion(&utc, &queue, "t", YEAR).await.unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+    assert_eq!(imported(&db).await, vec![mid, late]);
+    assert_eq!(kommo.stats().account, 0, "UTC bounds need no account call");
+
+    let local = worker(
+        &db,
+        &kommo,
+        queue.clone(),
+        RefreshSettings {
+            year_bounds: shared::config::YearBounds::AccountTimezone,
+            ..settings()
+        },
+    );
+    let run = run_to_completion(&local, &queue, "t", YEAR).await.unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+    assert_eq!(imported(&db).await, vec![early, mid]);
+    assert_eq!(kommo.stats().account, 1);
+}
+
+async fn imported(db: &TestDb) -> Vec<i64> {
+    let c = db.client().await;
+    c.query(
+        "SELECT kommo_lead_id FROM sales_leads WHERE archived_at IS NULL ORDER BY 1",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get::<_, Option<i64>>(0).unwrap())
+    .collect()
+}

@@ -46,6 +46,10 @@ pub struct Checkpoint {
     /// Leads or contacts that could not be parsed or mapped.
     pub skipped: u64,
     pub invocations: u32,
+    /// Milliseconds spent writing staging rows and checkpoints (the
+    /// database side of fetching, for operators and the benchmark).
+    #[serde(default)]
+    pub staging_ms: u64,
 }
 
 /// The `created_at` bounds of `year`: local midnights at `offset`, or UTC.
@@ -224,7 +228,20 @@ impl Worker {
                 &[&run_id],
             )
             .await?;
-        let status = match swap(client, run_id, &self.settings).await {
+        let swap_started = std::time::Instant::now();
+        let swapped = swap(client, run_id, &self.settings).await;
+        let swap_ms = swap_started.elapsed().as_millis() as i64;
+        if swapped.is_ok() {
+            client
+                .execute(
+                    "UPDATE kommo_import_runs
+                        SET checkpoint = coalesce(checkpoint, '{}'::jsonb) || jsonb_build_object('swapMs', $2::bigint)
+                      WHERE id = $1",
+                    &[&run_id, &swap_ms],
+                )
+                .await?;
+        }
+        let status = match swapped {
             Ok(SwapOutcome::Succeeded(_)) => {
                 if let Err(e) = staging::cleanup(&*client, self.settings.keep_runs).await {
                     tracing::warn!(error = %e, "staging cleanup failed; it is retried after the next run");
@@ -280,6 +297,7 @@ impl Worker {
             fetch_done: false,
             skipped: 0,
             invocations: 0,
+            staging_ms: 0,
         };
         let cp_json = serde_json::to_value(&cp)
             .map_err(|e| Stop::Db(RefreshError::Internal(e.to_string())))?;
@@ -441,10 +459,12 @@ impl Worker {
             cp.max_lead_id = cp.max_lead_id.max(page_max);
             cp.skipped += skipped;
             cp.fetch_done = !page.has_next;
-            let cp_json = serde_json::to_value(&*cp)
-                .map_err(|e| Stop::Db(RefreshError::Internal(e.to_string())))?;
+            let write_started = std::time::Instant::now();
             let tx = client.transaction().await?;
             staging::stage_page(&tx, run_id, &staged, self.settings.staging).await?;
+            cp.staging_ms += write_started.elapsed().as_millis() as u64;
+            let cp_json = serde_json::to_value(&*cp)
+                .map_err(|e| Stop::Db(RefreshError::Internal(e.to_string())))?;
             let n = tx
                 .execute(
                     "UPDATE kommo_import_runs
