@@ -1,1 +1,3 @@
 //! Kommo API v4: client, wire model, webhook deliveries and lead mapping.
+
+pub mod webhook;
