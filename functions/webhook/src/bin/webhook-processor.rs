@@ -1,0 +1,3 @@
+//! SQS function: processes buffered Kommo deliveries.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! The SQS consumer of `kommo-events` (filled in next).

@@ -1,0 +1,420 @@
+//! Ingestion into the ERP tables: clients, bookings, vehicles, sales leads,
+//! and the Zoho work they cause in `integrations_outbox`.
+//!
+//! Deliveries arrive late, twice and out of order (Kommo retries for about
+//! 95 minutes and sends `update` and `status` for one stage move), so every
+//! write here is an idempotent upsert guarded by Kommo's `updated_at`, and a
+//! delivery is applied in one transaction or not at all.
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use tokio_postgres::{Client, Transaction};
+use uuid::Uuid;
+
+use crate::{db::DbError, kommo::webhook::body_hash};
+
+/// Digits only, so "+7 (900) 123-45-67" and "79001234567" match.
+pub fn normalize_phone(phone: &str) -> Option<String> {
+    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+    (!digits.is_empty()).then_some(digits)
+}
+
+/// Trimmed, with empty strings as `None`.
+pub fn clean(s: Option<&str>) -> Option<String> {
+    s.map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+// ---------------------------------------------------------------------------
+// Clients
+// ---------------------------------------------------------------------------
+
+/// What we know about a person, from Kommo or from the manual form.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientInput {
+    pub kommo_contact_id: Option<i64>,
+    pub full_name: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    /// Kommo's `updated_at` of the contact; `None` for manual input.
+    pub kommo_updated_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientOutcome {
+    pub id: Uuid,
+    pub created: bool,
+    /// False when the stored row was newer and left alone.
+    pub applied: bool,
+    pub zoho_contact_id: Option<String>,
+}
+
+/// How an existing client was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchedBy {
+    KommoContactId,
+    Email,
+    Phone,
+}
+
+/// Finds the client: by `kommo_contact_id`, then by email (case-insensitive),
+/// then by normalised phone, and locks the row. Email and phone only match a
+/// client not already tied to another Kommo contact, so two Kommo contacts
+/// sharing a family email stay two clients.
+pub async fn find_client(
+    tx: &Transaction<'_>,
+    c: &ClientInput,
+) -> Result<Option<(Uuid, MatchedBy)>, DbError> {
+    if let Some(kid) = c.kommo_contact_id {
+        if let Some(row) = tx
+            .query_opt(
+                "SELECT id FROM clients WHERE kommo_contact_id = $1 FOR UPDATE",
+                &[&kid],
+            )
+            .await?
+        {
+            return Ok(Some((row.get(0), MatchedBy::KommoContactId)));
+        }
+    }
+    if let Some(email) = clean(c.email.as_deref()) {
+        if let Some(row) = tx
+            .query_opt(
+                "SELECT id FROM clients
+                  WHERE email IS NOT NULL AND lower(email) = lower($1)
+                    AND (kommo_contact_id IS NULL OR kommo_contact_id = $2)
+                  ORDER BY created_at, id LIMIT 1 FOR UPDATE",
+                &[&email, &c.kommo_contact_id],
+            )
+            .await?
+        {
+            return Ok(Some((row.get(0), MatchedBy::Email)));
+        }
+    }
+    if let Some(phone) = c.phone.as_deref().and_then(normalize_phone) {
+        if let Some(row) = tx
+            .query_opt(
+                "SELECT id FROM clients
+                  WHERE phone_normalized = $1
+                    AND (kommo_contact_id IS NULL OR kommo_contact_id = $2)
+                  ORDER BY created_at, id LIMIT 1 FOR UPDATE",
+                &[&phone, &c.kommo_contact_id],
+            )
+            .await?
+        {
+            return Ok(Some((row.get(0), MatchedBy::Phone)));
+        }
+    }
+    Ok(None)
+}
+
+/// Creates or refreshes a client.
+///
+/// Kommo input overwrites the profile unless the stored `kommo_updated_at`
+/// is newer. Manual input only fills fields that are still empty: staff
+/// typing a booking must not silently rewrite a client's record.
+pub async fn upsert_client(
+    tx: &Transaction<'_>,
+    c: &ClientInput,
+) -> Result<ClientOutcome, DbError> {
+    let email = clean(c.email.as_deref());
+    let phone = clean(c.phone.as_deref());
+    let phone_norm = phone.as_deref().and_then(normalize_phone);
+    let first = clean(c.first_name.as_deref());
+    let last = clean(c.last_name.as_deref());
+    let full_name = c.full_name.trim().to_string();
+
+    let found = find_client(tx, c).await?;
+    let Some((id, _)) = found else {
+        // ON CONFLICT: a concurrent delivery for the same contact may insert
+        // first; then this one updates the row it created.
+        let row = tx
+            .query_opt(
+                "INSERT INTO clients (kommo_contact_id, full_name, first_name, last_name, email,
+                                      phone, phone_normalized, kommo_updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (kommo_contact_id) DO NOTHING
+                 RETURNING id",
+                &[
+                    &c.kommo_contact_id,
+                    &full_name,
+                    &first,
+                    &last,
+                    &email,
+                    &phone,
+                    &phone_norm,
+                    &c.kommo_updated_at,
+                ],
+            )
+            .await?;
+        if let Some(row) = row {
+            return Ok(ClientOutcome {
+                id: row.get(0),
+                created: true,
+                applied: true,
+                zoho_contact_id: None,
+            });
+        }
+        return Box::pin(upsert_client(tx, c)).await;
+    };
+
+    let row = if c.kommo_updated_at.is_some() || c.kommo_contact_id.is_some() {
+        tx.query_opt(
+            "UPDATE clients SET
+                 kommo_contact_id = coalesce($2, kommo_contact_id),
+                 full_name = CASE WHEN $3 = '' THEN full_name ELSE $3 END,
+                 first_name = coalesce($4, first_name),
+                 last_name = coalesce($5, last_name),
+                 email = coalesce($6, email),
+                 phone = coalesce($7, phone),
+                 phone_normalized = coalesce($8, phone_normalized),
+                 kommo_updated_at = greatest(kommo_updated_at, $9),
+                 updated_at = now()
+              WHERE id = $1
+                AND (kommo_updated_at IS NULL OR $9::timestamptz IS NULL OR kommo_updated_at <= $9)
+              RETURNING zoho_contact_id",
+            &[
+                &id,
+                &c.kommo_contact_id,
+                &full_name,
+                &first,
+                &last,
+                &email,
+                &phone,
+                &phone_norm,
+                &c.kommo_updated_at,
+            ],
+        )
+        .await?
+    } else {
+        tx.query_opt(
+            "UPDATE clients SET
+                 full_name = CASE WHEN full_name = '' THEN $2 ELSE full_name END,
+                 first_name = coalesce(first_name, $3),
+                 last_name = coalesce(last_name, $4),
+                 email = coalesce(email, $5),
+                 phone = coalesce(phone, $6),
+                 phone_normalized = coalesce(phone_normalized, $7),
+                 updated_at = now()
+              WHERE id = $1
+              RETURNING zoho_contact_id",
+            &[&id, &full_name, &first, &last, &email, &phone, &phone_norm],
+        )
+        .await?
+    };
+    match row {
+        Some(r) => Ok(ClientOutcome {
+            id,
+            created: false,
+            applied: true,
+            zoho_contact_id: r.get(0),
+        }),
+        None => {
+            let zoho: Option<String> = tx
+                .query_one("SELECT zoho_contact_id FROM clients WHERE id = $1", &[&id])
+                .await?
+                .get(0);
+            Ok(ClientOutcome {
+                id,
+                created: false,
+                applied: false,
+                zoho_contact_id: zoho,
+            })
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Zoho work
+// ---------------------------------------------------------------------------
+
+/// Which Zoho tasks a change enqueued.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Enqueued {
+    pub contact_upsert: bool,
+    pub sales_order_create: bool,
+}
+
+/// Enqueues `contact.upsert` and `sales_order.create` unless the Zoho ids are
+/// already set; an identical live row makes the insert a no-op (dedupe key).
+pub async fn enqueue_zoho_tasks(
+    tx: &Transaction<'_>,
+    client_id: Uuid,
+    client_zoho_id: Option<&str>,
+    booking_id: Option<Uuid>,
+    booking_zoho_id: Option<&str>,
+) -> Result<Enqueued, DbError> {
+    let mut out = Enqueued::default();
+    if client_zoho_id.is_none() {
+        crate::outbox::enqueue(
+            tx,
+            "client",
+            client_id,
+            "contact.upsert",
+            json!({ "client_id": client_id }),
+        )
+        .await?;
+        out.contact_upsert = true;
+    }
+    if let (Some(booking_id), None) = (booking_id, booking_zoho_id) {
+        crate::outbox::enqueue(
+            tx,
+            "booking",
+            booking_id,
+            "sales_order.create",
+            json!({ "booking_id": booking_id, "client_id": client_id }),
+        )
+        .await?;
+        out.sales_order_create = true;
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------
+// kommo_webhook_events: the delivery log
+// ---------------------------------------------------------------------------
+
+/// Records a body the receiver could not parse. A repeat of the same body
+/// counts as a duplicate of the first rejection.
+pub async fn record_rejected(
+    client: &Client,
+    body: &[u8],
+    account_id: Option<i64>,
+    error: &str,
+) -> Result<(), DbError> {
+    let raw = String::from_utf8_lossy(body);
+    client
+        .execute(
+            "INSERT INTO kommo_webhook_events (dedupe_key, account_id, raw_payload, status, error)
+             VALUES ($1, $2, $3, 'rejected', $4)
+             ON CONFLICT (dedupe_key) DO UPDATE
+                SET duplicate_count = kommo_webhook_events.duplicate_count + 1,
+                    updated_at = now()",
+            &[&body_hash(body), &account_id, &raw.as_ref(), &error],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A delivery's row in `kommo_webhook_events`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    pub id: Uuid,
+    pub status: String,
+    pub attempts: i32,
+}
+
+/// Records a delivery taken from the queue (idempotent). A second message
+/// with the same body counts as a duplicate; a redelivery of the same SQS
+/// message (after a failure) does not.
+pub async fn record_received(
+    client: &Client,
+    body: &str,
+    account_id: Option<i64>,
+    sqs_message_id: Option<&str>,
+) -> Result<EventRow, DbError> {
+    let row = client
+        .query_one(
+            "INSERT INTO kommo_webhook_events (dedupe_key, account_id, raw_payload, sqs_message_id)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (dedupe_key) DO UPDATE
+                SET duplicate_count = kommo_webhook_events.duplicate_count
+                        + CASE WHEN kommo_webhook_events.sqs_message_id IS DISTINCT FROM EXCLUDED.sqs_message_id
+                               THEN 1 ELSE 0 END,
+                    updated_at = now()
+             RETURNING id, status, attempts",
+            &[&body_hash(body.as_bytes()), &account_id, &body, &sqs_message_id],
+        )
+        .await?;
+    Ok(EventRow {
+        id: row.get(0),
+        status: row.get(1),
+        attempts: row.get(2),
+    })
+}
+
+/// Locks a delivery's row for the processing transaction. Concurrent copies
+/// of one delivery wait here and then find it `processed`.
+pub async fn lock_event(tx: &Transaction<'_>, id: Uuid) -> Result<EventRow, DbError> {
+    let row = tx
+        .query_one(
+            "SELECT id, status, attempts FROM kommo_webhook_events WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?;
+    Ok(EventRow {
+        id: row.get(0),
+        status: row.get(1),
+        attempts: row.get(2),
+    })
+}
+
+pub async fn mark_processed(
+    tx: &Transaction<'_>,
+    id: Uuid,
+    parsed: &serde_json::Value,
+) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE kommo_webhook_events
+            SET status = 'processed', attempts = attempts + 1, error = NULL,
+                parsed_payload = $2, processed_at = now(), updated_at = now()
+          WHERE id = $1",
+        &[&id, parsed],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Marks a failed attempt, outside the rolled-back processing transaction.
+pub async fn mark_failed(client: &Client, id: Uuid, error: &str) -> Result<i32, DbError> {
+    let row = client
+        .query_one(
+            "UPDATE kommo_webhook_events
+                SET status = 'failed', attempts = attempts + 1, error = $2, updated_at = now()
+              WHERE id = $1
+              RETURNING attempts",
+            &[&id, &error],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Marks a delivery that can never be processed (its queue message is not
+/// an envelope, or its body does not parse). It is not retried.
+pub async fn record_unprocessable(
+    client: &Client,
+    body: &str,
+    sqs_message_id: Option<&str>,
+    error: &str,
+) -> Result<(), DbError> {
+    client
+        .execute(
+            "INSERT INTO kommo_webhook_events (dedupe_key, raw_payload, status, error, sqs_message_id, attempts)
+             VALUES ($1, $2, 'rejected', $3, $4, 1)
+             ON CONFLICT (dedupe_key) DO UPDATE
+                SET status = 'rejected', error = EXCLUDED.error, updated_at = now()",
+            &[&body_hash(body.as_bytes()), &body, &error, &sqs_message_id],
+        )
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phones_normalise_to_digits() {
+        assert_eq!(
+            normalize_phone("+7 (900) 123-45-67").as_deref(),
+            Some("79001234567")
+        );
+        assert_eq!(
+            normalize_phone("79001234567").as_deref(),
+            Some("79001234567")
+        );
+        assert_eq!(normalize_phone(" - "), None);
+    }
+}
