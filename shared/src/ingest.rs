@@ -227,6 +227,372 @@ pub async fn upsert_client(
 }
 
 // ---------------------------------------------------------------------------
+// Leads
+// ---------------------------------------------------------------------------
+
+/// A Kommo lead's current state, as the shared mapping produces it, in the
+/// terms the ERP tables need.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeadSnapshot {
+    pub lead_id: i64,
+    pub name: Option<String>,
+    pub status_id: i64,
+    pub pipeline_id: Option<i64>,
+    /// Decimal text, so `numeric` receives it exactly.
+    pub price: Option<String>,
+    pub responsible_user_id: Option<i64>,
+    pub updated_at: DateTime<Utc>,
+    pub closed_at: Option<DateTime<Utc>>,
+    /// Field 1218176 (delivery); the ingest falls back to `end_at` when absent.
+    pub start_at: Option<DateTime<Utc>>,
+    /// Field 1218178 (collection); falls back to `start_at`.
+    pub end_at: Option<DateTime<Utc>>,
+    /// Enum 1234163: the enum id is `vehicles.kommo_vehicle_id`.
+    pub vehicle: Option<VehicleRef>,
+    /// Enum 823206, as its label.
+    pub source: Option<String>,
+    pub external_code: Option<String>,
+    /// The lead's main contact.
+    pub contact: Option<ClientInput>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VehicleRef {
+    pub kommo_vehicle_id: i64,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeadOutcome {
+    /// The stored data is newer than this snapshot; nothing was written.
+    Stale,
+    /// An excluded status: only `sales_leads` was written, and an existing
+    /// booking was deactivated.
+    Excluded { deactivated: Option<Uuid> },
+    Booked {
+        booking_id: Uuid,
+        created: bool,
+        client_id: Option<Uuid>,
+        enqueued: Enqueued,
+    },
+}
+
+/// Serialises work on one lead across concurrent transactions (an `update`
+/// and a `status` delivery for one stage move arrive together), so the
+/// read-compare-write below cannot interleave. Released at commit.
+async fn lock_lead(tx: &Transaction<'_>, lead_id: i64) -> Result<(), DbError> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1::int, ($2::bigint % 2147483647)::int)",
+        &[&LEAD_LOCK_CLASS, &lead_id],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Advisory-lock namespace of Kommo leads ("KL").
+const LEAD_LOCK_CLASS: i32 = 0x4b4c;
+
+pub fn source_payload_id(lead_id: i64) -> String {
+    format!("kommo:{lead_id}")
+}
+
+/// Applies a lead's current state in the caller's transaction: client,
+/// sales lead snapshot, booking, vehicle, Zoho work (seed 000, steps 2–4).
+pub async fn apply_lead(tx: &Transaction<'_>, lead: &LeadSnapshot) -> Result<LeadOutcome, DbError> {
+    lock_lead(tx, lead.lead_id).await?;
+    let spid = source_payload_id(lead.lead_id);
+
+    let booking = tx
+        .query_opt(
+            "SELECT id, kommo_updated_at, zoho_sales_order_id FROM bookings
+              WHERE source_payload_id = $1 OR (external_code IS NOT NULL AND external_code = $2)
+              ORDER BY (source_payload_id = $1) DESC NULLS LAST
+              LIMIT 1 FOR UPDATE",
+            &[&spid, &lead.external_code],
+        )
+        .await?;
+    let stored_lead: Option<Option<DateTime<Utc>>> = tx
+        .query_opt(
+            "SELECT kommo_updated_at FROM sales_leads WHERE kommo_lead_id = $1",
+            &[&lead.lead_id],
+        )
+        .await?
+        .map(|r| r.get(0));
+    let newer_stored = booking
+        .as_ref()
+        .and_then(|b| b.get::<_, Option<DateTime<Utc>>>(1))
+        .into_iter()
+        .chain(stored_lead.flatten())
+        .any(|t| t > lead.updated_at);
+    if newer_stored {
+        tracing::info!(
+            lead_id = lead.lead_id,
+            "ingest: stored lead is newer, snapshot ignored"
+        );
+        return Ok(LeadOutcome::Stale);
+    }
+
+    let (booking_status, excluded): (String, bool) = tx
+        .query_opt(
+            "SELECT booking_status, excluded FROM kommo_status_map WHERE status_id = $1",
+            &[&lead.status_id],
+        )
+        .await?
+        .map_or(("requested".to_string(), false), |r| (r.get(0), r.get(1)));
+    let owner_id: Option<Uuid> = match lead.responsible_user_id {
+        Some(uid) => tx
+            .query_opt(
+                "SELECT staff_account_id FROM kommo_user_map WHERE kommo_user_id = $1",
+                &[&uid],
+            )
+            .await?
+            .map(|r| r.get(0)),
+        None => None,
+    };
+
+    // Excluded leads never create a client: the bot-answered noise stays out
+    // of the ERP, but an existing client is still linked to the snapshot.
+    let client = match &lead.contact {
+        Some(c) if !excluded => Some(upsert_client(tx, c).await?),
+        Some(c) => find_client(tx, c).await?.map(|(id, _)| ClientOutcome {
+            id,
+            created: false,
+            applied: false,
+            zoho_contact_id: None,
+        }),
+        None => None,
+    };
+    let client_id = client.as_ref().map(|c| c.id);
+    let start_at = lead.start_at.or(lead.end_at);
+    let end_at = lead.end_at.or(lead.start_at);
+
+    tx.execute(
+        "INSERT INTO sales_leads (lead_code, kommo_lead_id, client_id, name, stage_id, pipeline_id,
+                                  value_amount, owner_id, expected_close_at, source, lead_source,
+                                  archived_at, kommo_updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7::text::numeric, $8, $9, 'Kommo', $10, NULL, $11)
+         ON CONFLICT (lead_code) DO UPDATE SET
+             kommo_lead_id = EXCLUDED.kommo_lead_id,
+             client_id = coalesce(EXCLUDED.client_id, sales_leads.client_id),
+             name = EXCLUDED.name,
+             stage_id = EXCLUDED.stage_id,
+             pipeline_id = EXCLUDED.pipeline_id,
+             value_amount = EXCLUDED.value_amount,
+             owner_id = EXCLUDED.owner_id,
+             expected_close_at = EXCLUDED.expected_close_at,
+             lead_source = EXCLUDED.lead_source,
+             archived_at = NULL,
+             kommo_updated_at = EXCLUDED.kommo_updated_at,
+             updated_at = now()",
+        &[
+            &lead.lead_id.to_string(),
+            &lead.lead_id,
+            &client_id,
+            &lead.name,
+            &lead.status_id,
+            &lead.pipeline_id,
+            &lead.price,
+            &owner_id,
+            &lead.closed_at.or(start_at),
+            &lead.source,
+            &lead.updated_at,
+        ],
+    )
+    .await?;
+
+    if excluded {
+        let deactivated = match &booking {
+            Some(b) => {
+                let id: Uuid = b.get(0);
+                tx.execute(
+                    "UPDATE bookings SET is_active = false, kommo_status_id = $2, status = $3,
+                            kommo_updated_at = $4, updated_at = now()
+                      WHERE id = $1",
+                    &[&id, &lead.status_id, &booking_status, &lead.updated_at],
+                )
+                .await?;
+                tracing::info!(lead_id = lead.lead_id, booking_id = %id, "ingest: lead moved to an excluded status, booking deactivated");
+                Some(id)
+            }
+            None => None,
+        };
+        return Ok(LeadOutcome::Excluded { deactivated });
+    }
+
+    let vehicle_id: Option<Uuid> = match &lead.vehicle {
+        Some(v) => Some(
+            tx.query_one(
+                "INSERT INTO vehicles (kommo_vehicle_id, name) VALUES ($1, $2)
+                 ON CONFLICT (kommo_vehicle_id) DO UPDATE
+                    SET name = EXCLUDED.name,
+                        updated_at = CASE WHEN vehicles.name = EXCLUDED.name THEN vehicles.updated_at ELSE now() END
+                 RETURNING id",
+                &[&v.kommo_vehicle_id, &v.name],
+            )
+            .await?
+            .get(0),
+        ),
+        None => None,
+    };
+
+    let (booking_id, created, booking_zoho): (Uuid, bool, Option<String>) = match &booking {
+        Some(b) => {
+            let id: Uuid = b.get(0);
+            tx.execute(
+                "UPDATE bookings SET
+                     source_payload_id = coalesce(source_payload_id, $2),
+                     owner_id = $3, client_id = coalesce($4, client_id), kommo_lead_id = $5,
+                     kommo_pipeline_id = $6, kommo_status_id = $7, status = $8, source = $9,
+                     title = $10, start_at = $11, end_at = $12, vehicle_id = $13, is_active = true,
+                     total_amount = $14::text::numeric, kommo_updated_at = $15, updated_at = now()
+                  WHERE id = $1",
+                &[
+                    &id,
+                    &spid,
+                    &owner_id,
+                    &client_id,
+                    &lead.lead_id,
+                    &lead.pipeline_id,
+                    &lead.status_id,
+                    &booking_status,
+                    &lead.source,
+                    &lead.name,
+                    &start_at,
+                    &end_at,
+                    &vehicle_id,
+                    &lead.price,
+                    &lead.updated_at,
+                ],
+            )
+            .await?;
+            (id, false, b.get(2))
+        }
+        None => {
+            let id: Uuid = tx
+                .query_one(
+                    "INSERT INTO bookings (source_payload_id, external_code, channel, created_by, owner_id,
+                                           client_id, kommo_lead_id, kommo_pipeline_id, kommo_status_id,
+                                           status, source, title, start_at, end_at, vehicle_id,
+                                           total_amount, kommo_updated_at)
+                     VALUES ($1, $2, 'Kommo', 'system-kommo', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                             $13, $14::text::numeric, $15)
+                     RETURNING id",
+                    &[
+                        &spid,
+                        &lead.external_code,
+                        &owner_id,
+                        &client_id,
+                        &lead.lead_id,
+                        &lead.pipeline_id,
+                        &lead.status_id,
+                        &booking_status,
+                        &lead.source,
+                        &lead.name,
+                        &start_at,
+                        &end_at,
+                        &vehicle_id,
+                        &lead.price,
+                        &lead.updated_at,
+                    ],
+                )
+                .await?
+                .get(0);
+            (id, true, None)
+        }
+    };
+
+    match vehicle_id {
+        Some(vid) => {
+            tx.execute(
+                "DELETE FROM booking_vehicles WHERE booking_id = $1 AND \"primary\" AND vehicle_id <> $2",
+                &[&booking_id, &vid],
+            )
+            .await?;
+            tx.execute(
+                "INSERT INTO booking_vehicles (booking_id, vehicle_id, \"primary\") VALUES ($1, $2, true)
+                 ON CONFLICT (booking_id, vehicle_id) DO UPDATE SET \"primary\" = true",
+                &[&booking_id, &vid],
+            )
+            .await?;
+        }
+        None => {
+            tx.execute(
+                "DELETE FROM booking_vehicles WHERE booking_id = $1 AND \"primary\"",
+                &[&booking_id],
+            )
+            .await?;
+        }
+    }
+
+    let enqueued = match &client {
+        Some(c) => {
+            enqueue_zoho_tasks(
+                tx,
+                c.id,
+                c.zoho_contact_id.as_deref(),
+                Some(booking_id),
+                booking_zoho.as_deref(),
+            )
+            .await?
+        }
+        None => {
+            // Zoho needs a contact for a sales order; the next delivery that
+            // brings one enqueues it.
+            tracing::info!(
+                lead_id = lead.lead_id,
+                "ingest: lead has no contact, no Zoho work yet"
+            );
+            Enqueued::default()
+        }
+    };
+    Ok(LeadOutcome::Booked {
+        booking_id,
+        created,
+        client_id,
+        enqueued,
+    })
+}
+
+/// A lead deleted in Kommo: its booking is deactivated and its sales lead
+/// archived. Nothing is removed, so a restore brings it back.
+pub async fn delete_lead(tx: &Transaction<'_>, lead_id: i64) -> Result<(u64, u64), DbError> {
+    lock_lead(tx, lead_id).await?;
+    let bookings = tx
+        .execute(
+            "UPDATE bookings SET is_active = false, updated_at = now()
+              WHERE source_payload_id = $1 AND is_active",
+            &[&source_payload_id(lead_id)],
+        )
+        .await?;
+    let leads = tx
+        .execute(
+            "UPDATE sales_leads SET archived_at = now(), updated_at = now()
+              WHERE kommo_lead_id = $1 AND archived_at IS NULL",
+            &[&lead_id],
+        )
+        .await?;
+    Ok((bookings, leads))
+}
+
+/// A contact changed in Kommo: refresh the client it belongs to, if we have
+/// one. Contacts with no client are not imported on their own.
+pub async fn refresh_contact(
+    tx: &Transaction<'_>,
+    contact: &ClientInput,
+) -> Result<Option<(ClientOutcome, Enqueued)>, DbError> {
+    if find_client(tx, contact).await?.is_none() {
+        return Ok(None);
+    }
+    let out = upsert_client(tx, contact).await?;
+    let enqueued = if out.applied {
+        enqueue_zoho_tasks(tx, out.id, out.zoho_contact_id.as_deref(), None, None).await?
+    } else {
+        Enqueued::default()
+    };
+    Ok(Some((out, enqueued)))
+}
+
+// ---------------------------------------------------------------------------
 // Zoho work
 // ---------------------------------------------------------------------------
 
