@@ -19,6 +19,7 @@ use shared::{
     kommo::webhook::{body_hash, parse_delivery, Action, Delivery, Entity, Event, QueuedDelivery},
     telemetry::{Metrics, Unit},
 };
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// What the Kommo API says now about the leads and contacts of a batch.
@@ -170,19 +171,25 @@ impl Processor {
         for p in pending {
             let span =
                 tracing::info_span!("delivery", message_id = %p.message_id, event_id = %p.event_id);
-            let _enter = span.enter();
-            let result = match (&fetched, needs_fetch(&p.delivery)) {
-                (Err(e), true) => Err(ProcessError::Fetch(e.clone())),
-                (Ok(f), _) => self.apply(&p, f).await,
-                (Err(_), false) => self.apply(&p, &Fetched::default()).await,
-            };
-            match result {
+            let outcome = async {
+                let result = match (&fetched, needs_fetch(&p.delivery)) {
+                    (Err(e), true) => Err(ProcessError::Fetch(e.clone())),
+                    (Ok(f), _) => self.apply(&p, f).await,
+                    (Err(_), false) => self.apply(&p, &Fetched::default()).await,
+                };
+                if let Err(e) = &result {
+                    self.fail(p.event_id, &e.to_string()).await;
+                }
+                result
+            }
+            .instrument(span)
+            .await;
+            match outcome {
                 Ok(true) => report.processed += 1,
                 Ok(false) => report.duplicates += 1,
-                Err(e) => {
+                Err(_) => {
                     report.failed += 1;
                     failures.push(p.message_id.clone());
-                    self.fail(p.event_id, &e.to_string()).await;
                 }
             }
         }

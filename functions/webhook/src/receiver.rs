@@ -21,6 +21,7 @@ use shared::{
     sqs::{Queue, SqsError},
 };
 use subtle::ConstantTimeEq;
+use tracing::Instrument;
 
 use crate::{
     http::{
@@ -90,13 +91,19 @@ impl Receiver {
         req: &ApiGatewayV2httpRequest,
         path_token: Option<String>,
     ) -> ApiGatewayV2httpResponse {
-        let request_id = req.request_context.request_id.clone();
         let span = tracing::info_span!(
             "kommo_webhook",
-            request_id = request_id.as_deref().unwrap_or("-")
+            request_id = req.request_context.request_id.as_deref().unwrap_or("-")
         );
-        let _enter = span.enter();
+        self.handle_inner(req, path_token).instrument(span).await
+    }
 
+    async fn handle_inner(
+        &self,
+        req: &ApiGatewayV2httpRequest,
+        path_token: Option<String>,
+    ) -> ApiGatewayV2httpResponse {
+        let request_id = req.request_context.request_id.clone();
         if method(req) != Method::POST {
             return method_not_allowed(method(req));
         }
