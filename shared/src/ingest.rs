@@ -289,6 +289,19 @@ async fn lock_lead(tx: &Transaction<'_>, lead_id: i64) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Takes the locks of several leads in id order, so two deliveries that
+/// touch the same leads in different orders cannot deadlock. Taking a lead's
+/// lock again later in the transaction is a no-op.
+pub async fn lock_leads(tx: &Transaction<'_>, lead_ids: &[i64]) -> Result<(), DbError> {
+    let mut ids = lead_ids.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    for id in ids {
+        lock_lead(tx, id).await?;
+    }
+    Ok(())
+}
+
 /// Advisory-lock namespace of Kommo leads ("KL").
 const LEAD_LOCK_CLASS: i32 = 0x4b4c;
 

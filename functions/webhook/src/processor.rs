@@ -299,6 +299,14 @@ impl Processor {
             tracing::info!("processor: delivery already processed by a concurrent copy");
             return Ok(false);
         }
+        let lead_ids: Vec<i64> = p
+            .delivery
+            .events
+            .iter()
+            .filter(|e| e.entity == Entity::Lead)
+            .map(|e| e.id)
+            .collect();
+        ingest::lock_leads(&tx, &lead_ids).await?;
         for ev in &p.delivery.events {
             apply_event(&tx, ev, fetched).await?;
         }
