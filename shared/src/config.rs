@@ -126,7 +126,8 @@ impl Config {
             r.problems
                 .push("DB_POOL_SIZE must be at least 1".to_string());
         }
-        let db_statement_timeout = Duration::from_millis(r.parse("DB_STATEMENT_TIMEOUT_MS", 15_000u64));
+        let db_statement_timeout =
+            Duration::from_millis(r.parse("DB_STATEMENT_TIMEOUT_MS", 15_000u64));
         let db_require_tls = r.opt_parse::<bool>("DB_REQUIRE_TLS");
         let secrets_ttl = Duration::from_secs(r.parse("SECRETS_TTL_SECONDS", 300u64));
         let flags_ttl = Duration::from_secs(r.parse("FLAGS_TTL_SECONDS", 10u64));
@@ -180,13 +181,16 @@ impl Config {
             deadline_margin: Duration::from_millis(r.parse("OUTBOX_DEADLINE_MARGIN_MS", 15_000u64)),
         };
         if outbox.batch_size < 1 {
-            r.problems.push("OUTBOX_BATCH_SIZE must be at least 1".to_string());
+            r.problems
+                .push("OUTBOX_BATCH_SIZE must be at least 1".to_string());
         }
         if outbox.max_attempts < 1 {
-            r.problems.push("OUTBOX_MAX_ATTEMPTS must be at least 1".to_string());
+            r.problems
+                .push("OUTBOX_MAX_ATTEMPTS must be at least 1".to_string());
         }
         if outbox.zoho_concurrency < 1 {
-            r.problems.push("ZOHO_CONCURRENCY must be at least 1".to_string());
+            r.problems
+                .push("ZOHO_CONCURRENCY must be at least 1".to_string());
         }
         let zoho = ZohoSettings {
             duplicate_check_fields: r
@@ -288,16 +292,31 @@ mod tests {
     fn every_problem_is_named_in_one_error() {
         let err = load(
             &[Need::KommoSecret, Need::KommoEventsQueue],
-            &[("DB_POOL_SIZE", "lots"), ("OUTBOX_MAX_ATTEMPTS", "s3cr3t-value")],
+            &[
+                ("DB_POOL_SIZE", "lots"),
+                ("OUTBOX_MAX_ATTEMPTS", "s3cr3t-value"),
+            ],
         )
         .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("DATABASE_URL or DB_SECRET_ID must be set"), "{text}");
+        assert!(
+            text.contains("DATABASE_URL or DB_SECRET_ID must be set"),
+            "{text}"
+        );
         assert!(text.contains("DB_POOL_SIZE is not a valid usize"), "{text}");
         assert!(text.contains("KOMMO_SECRET_ID must be set"), "{text}");
-        assert!(text.contains("KOMMO_EVENTS_QUEUE_URL must be set"), "{text}");
-        assert!(text.contains("OUTBOX_MAX_ATTEMPTS is not a valid i32"), "{text}");
-        assert!(!text.contains("s3cr3t-value"), "values are never echoed: {text}");
+        assert!(
+            text.contains("KOMMO_EVENTS_QUEUE_URL must be set"),
+            "{text}"
+        );
+        assert!(
+            text.contains("OUTBOX_MAX_ATTEMPTS is not a valid i32"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("s3cr3t-value"),
+            "values are never echoed: {text}"
+        );
         assert_eq!(err.problems.len(), 5);
     }
 
@@ -318,7 +337,10 @@ mod tests {
     fn unknown_year_bounds_are_rejected() {
         let err = load(
             &[],
-            &[("DATABASE_URL", "postgres://x"), ("FULL_REFRESH_YEAR_BOUNDS", "mars")],
+            &[
+                ("DATABASE_URL", "postgres://x"),
+                ("FULL_REFRESH_YEAR_BOUNDS", "mars"),
+            ],
         )
         .unwrap_err();
         assert_eq!(err.problems.len(), 1);
