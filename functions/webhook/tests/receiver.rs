@@ -284,3 +284,58 @@ async fn size_type_method_and_account_are_checked() {
     assert!(drain(&sqs, &url).await.is_empty());
     assert_eq!(rows(&db).await, (0, 0, 0, 0));
 }
+
+#[tokio::test]
+async fn secrets_come_from_secrets_manager_as_in_production() {
+    let db = testkit::TestDb::new().await;
+    set_live(&db.client().await, true).await;
+    let sdk = testkit::aws_config().await;
+    let id = testkit::put_secret(
+        &sdk,
+        "kommo",
+        &serde_json::json!({
+            "base_url": "https://acme.kommo.com",
+            "access_token": "t",
+            "webhook_token": TOKEN,
+            "account_id": ACCOUNT_ID
+        }),
+    )
+    .await;
+    let secrets = std::sync::Arc::new(
+        shared::secrets::Secrets::new(&sdk, std::time::Duration::from_secs(60))
+            .await
+            .unwrap(),
+    );
+    let sqs = sqs().await;
+    let url = fresh_queue(&sqs).await;
+    let mut app = http_app(db.pool(), Queue::new(sqs.clone(), &url));
+    app.receiver.secret = webhook::SecretSource::Manager {
+        secrets: secrets.clone(),
+        id,
+    };
+    assert_eq!(
+        app.handle(load_event("webhook-lead-status.json"))
+            .await
+            .status_code,
+        200
+    );
+    assert_eq!(
+        app.handle(load_event("webhook-bad-token.json"))
+            .await
+            .status_code,
+        401
+    );
+
+    // A secret that cannot be read is a 503: Kommo retries later.
+    app.receiver.secret = webhook::SecretSource::Manager {
+        secrets,
+        id: "no-such-secret".into(),
+    };
+    assert_eq!(
+        app.handle(load_event("webhook-lead-status.json"))
+            .await
+            .status_code,
+        503
+    );
+    assert_eq!(drain(&sqs, &url).await.len(), 1);
+}

@@ -65,16 +65,8 @@ pub async fn sqs() -> aws_sdk_sqs::Client {
 }
 
 /// A fresh queue on moto, so tests never see each other's messages.
-pub async fn fresh_queue(client: &aws_sdk_sqs::Client) -> String {
-    let name = format!("kommo-events-{}", uuid::Uuid::new_v4().simple());
-    client
-        .create_queue()
-        .queue_name(name)
-        .send()
-        .await
-        .expect("moto creates the queue")
-        .queue_url
-        .expect("queue url")
+pub async fn fresh_queue(_client: &aws_sdk_sqs::Client) -> String {
+    testkit::create_queue(&testkit::aws_config().await, "kommo-events").await
 }
 
 /// Every message waiting in the queue (received and deleted).
