@@ -84,7 +84,7 @@ pub async fn find_client(
             .query_opt(
                 "SELECT id FROM clients
                   WHERE email IS NOT NULL AND lower(email) = lower($1)
-                    AND (kommo_contact_id IS NULL OR kommo_contact_id = $2)
+                    AND ($2::bigint IS NULL OR kommo_contact_id IS NULL OR kommo_contact_id = $2)
                   ORDER BY created_at, id LIMIT 1 FOR UPDATE",
                 &[&email, &c.kommo_contact_id],
             )
@@ -98,7 +98,7 @@ pub async fn find_client(
             .query_opt(
                 "SELECT id FROM clients
                   WHERE phone_normalized = $1
-                    AND (kommo_contact_id IS NULL OR kommo_contact_id = $2)
+                    AND ($2::bigint IS NULL OR kommo_contact_id IS NULL OR kommo_contact_id = $2)
                   ORDER BY created_at, id LIMIT 1 FOR UPDATE",
                 &[&phone, &c.kommo_contact_id],
             )

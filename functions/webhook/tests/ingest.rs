@@ -408,3 +408,25 @@ async fn vehicle_change_moves_the_primary_link() {
         .get(0);
     assert!(vid_matches);
 }
+
+#[tokio::test]
+async fn two_kommo_contacts_sharing_an_email_stay_two_clients() {
+    let db = testkit::TestDb::new().await;
+    let c = db.client().await;
+    apply(&db, &lead(10)).await;
+    let mut sibling = lead(10);
+    sibling.lead_id = 9020;
+    sibling.contact = Some(ClientInput {
+        kommo_contact_id: Some(777_001),
+        full_name: "Ada's brother".into(),
+        email: Some("ADA@example.com".into()),
+        kommo_updated_at: Some(t(5)),
+        ..ClientInput::default()
+    });
+    apply(&db, &sibling).await;
+    assert_eq!(count(&c, "SELECT count(*) FROM clients").await, 2);
+    assert_eq!(
+        count(&c, "SELECT count(DISTINCT client_id) FROM bookings").await,
+        2
+    );
+}

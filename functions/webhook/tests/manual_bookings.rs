@@ -278,3 +278,36 @@ async fn database_down_is_503() {
     let resp = app.handle(load_event("webhook-manual-booking.json")).await;
     assert_eq!(resp.status_code, 503);
 }
+
+#[tokio::test]
+async fn a_kommo_client_is_reused_by_phone_for_a_manual_booking() {
+    let db = testkit::TestDb::new().await;
+    let c = db.client().await;
+    let kommo_client: uuid::Uuid = c
+        .query_one(
+            "INSERT INTO clients (kommo_contact_id, full_name, phone, phone_normalized)
+             VALUES (501, 'Grace Hopper', '+1 (555) 0100', '15550100') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let app = app(&db).await;
+    let mut body: serde_json::Value = serde_json::from_str(
+        load_event("webhook-manual-booking.json")
+            .body
+            .as_deref()
+            .unwrap(),
+    )
+    .unwrap();
+    body["client"]["email"] = serde_json::Value::Null;
+    let resp = app
+        .handle(with_body(load_event("webhook-manual-booking.json"), body))
+        .await;
+    assert_eq!(resp.status_code, 201, "{}", body_text(&resp));
+    assert_eq!(
+        body_json(&resp)["client_id"],
+        serde_json::json!(kommo_client)
+    );
+    assert_eq!(count(&c, "SELECT count(*) FROM clients").await, 1);
+}
