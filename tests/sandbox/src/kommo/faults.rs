@@ -2,7 +2,7 @@
 //! "IP blocked" mode, plus the request counters tests assert on.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::BTreeMap,
     time::{Duration, Instant},
 };
 
@@ -58,7 +58,8 @@ impl ForcedError {
 pub struct Faults {
     /// Added to every API request before anything else happens.
     pub latency_ms: u64,
-    /// More API requests than this within any one second get 429.
+    /// A token bucket of this size, refilled at this many tokens per second:
+    /// bursts beyond it and sustained rates above it get 429.
     pub rate_limit_per_second: Option<u32>,
     pub forced: Option<ForcedError>,
     /// Every `GET /api/v4/leads` with this `page` answers 500.
@@ -106,7 +107,8 @@ pub(crate) struct FaultState {
     forced_base: u64,
     /// API requests seen, including rejected ones.
     seen: u64,
-    window: VecDeque<Instant>,
+    /// Token bucket of the rate limit: tokens left and when they were counted.
+    bucket: Option<(f64, Instant)>,
     pub stats: RequestStats,
     pub log: Vec<RecordedRequest>,
     started: Instant,
@@ -126,7 +128,7 @@ impl FaultState {
             faults,
             forced_base: 0,
             seen: 0,
-            window: VecDeque::new(),
+            bucket: None,
             stats: RequestStats::default(),
             log: Vec::new(),
             started: Instant::now(),
@@ -134,6 +136,9 @@ impl FaultState {
     }
 
     pub fn set(&mut self, faults: Faults) {
+        if faults.rate_limit_per_second != self.faults.rate_limit_per_second {
+            self.bucket = None;
+        }
         if faults.forced != self.faults.forced {
             self.forced_base = self.seen;
         }
@@ -151,17 +156,18 @@ impl FaultState {
             return Verdict::IpBlocked;
         }
         if let Some(limit) = self.faults.rate_limit_per_second {
-            while self
-                .window
-                .front()
-                .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
-            {
-                self.window.pop_front();
-            }
-            if self.window.len() >= limit as usize {
+            // A token bucket rather than a sliding window: an evenly spaced
+            // client whose requests arrive with some network jitter is not
+            // punished, while bursts and sustained excess are.
+            let cap = f64::from(limit.max(1));
+            let (tokens, last) = self.bucket.unwrap_or((cap, now));
+            let refill = now.saturating_duration_since(last).as_secs_f64() * cap;
+            let tokens = (tokens + refill).min(cap);
+            if tokens < 1.0 {
+                self.bucket = Some((tokens, now));
                 return Verdict::RateLimited;
             }
-            self.window.push_back(now);
+            self.bucket = Some((tokens - 1.0, now));
         }
         if let Some(f) = self.faults.forced {
             let n = self.seen - self.forced_base;
@@ -229,7 +235,7 @@ mod tests {
     }
 
     #[test]
-    fn rate_limit_window_slides() {
+    fn rate_limit_refills_over_time() {
         let mut s = FaultState::new(Faults {
             rate_limit_per_second: Some(2),
             ..Faults::default()
@@ -238,7 +244,9 @@ mod tests {
         assert!(matches!(s.judge(t0), Verdict::Pass));
         assert!(matches!(s.judge(t0), Verdict::Pass));
         assert!(matches!(s.judge(t0), Verdict::RateLimited));
-        let t1 = t0 + Duration::from_millis(1001);
+        // Two tokens per second: one is back after half a second, not two.
+        let t1 = t0 + Duration::from_millis(510);
         assert!(matches!(s.judge(t1), Verdict::Pass));
+        assert!(matches!(s.judge(t1), Verdict::RateLimited));
     }
 }

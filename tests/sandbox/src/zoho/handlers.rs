@@ -1,0 +1,606 @@
+//! HTTP routes of the Zoho sandbox.
+
+use std::{
+    collections::HashMap,
+    sync::{atomic::Ordering, Arc},
+    time::Instant,
+};
+
+use axum::{
+    body::Bytes,
+    extract::{RawQuery, State as AxState},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use rand::Rng;
+use serde_json::{json, Map, Value};
+
+use super::{
+    Faults, SandboxState, Shared, State, StoredRecord, TokenInfo, ENDPOINT_CONTACTS_UPSERT,
+    ENDPOINT_SALES_ORDERS, ENDPOINT_TOKEN,
+};
+
+/// Zoho's limit on records per insert/upsert call.
+const MAX_RECORDS: usize = 100;
+const THROTTLE_DESCRIPTION: &str =
+    "You have made too many requests continuously. Please try again after some time.";
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/oauth/v2/token", post(token))
+        .route("/crm/v8/Contacts/upsert", post(upsert_contacts))
+        .route("/crm/v8/Sales_Orders", post(create_sales_orders))
+        .route("/_sandbox/state", get(state))
+        .route("/_sandbox/faults", get(get_faults).post(set_faults))
+        .route("/_sandbox/expire-tokens", post(expire_tokens))
+        .with_state(shared)
+}
+
+pub(crate) fn snapshot(s: &State) -> SandboxState {
+    SandboxState {
+        contacts: s.contacts.clone(),
+        sales_orders: s.sales_orders.clone(),
+        calls: s.calls.clone(),
+        token_refreshes: s.token_refreshes,
+        token_throttled: s.token_throttled,
+        max_in_flight: s.max_in_flight,
+    }
+}
+
+async fn state(AxState(shared): AxState<Arc<Shared>>) -> Json<SandboxState> {
+    Json(snapshot(&shared.lock()))
+}
+
+async fn get_faults(AxState(shared): AxState<Arc<Shared>>) -> Json<Faults> {
+    Json(shared.lock().faults.clone())
+}
+
+async fn set_faults(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Faults>(&body) {
+        Ok(f) => {
+            shared.lock().faults = f.clone();
+            Json(f).into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": format!("invalid faults: {e}")})),
+        )
+            .into_response(),
+    }
+}
+
+async fn expire_tokens(AxState(shared): AxState<Arc<Shared>>) -> StatusCode {
+    let now = Instant::now();
+    for t in shared.lock().tokens.values_mut() {
+        t.expires_at = now;
+    }
+    StatusCode::NO_CONTENT
+}
+
+// --- OAuth ------------------------------------------------------------------
+
+fn token_error(code: &str) -> Response {
+    // Zoho answers most token errors with HTTP 200.
+    (StatusCode::OK, Json(json!({"error": code}))).into_response()
+}
+
+async fn token(
+    AxState(shared): AxState<Arc<Shared>>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    // Zoho accepts the parameters in the query string and in a form body.
+    let mut params: HashMap<String, String> = query
+        .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(&q).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    if let Ok(form) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body) {
+        params.extend(form);
+    }
+    let param = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
+
+    let mut s = shared.lock();
+    *s.calls.entry(ENDPOINT_TOKEN.to_string()).or_default() += 1;
+    if param("grant_type") != "refresh_token" {
+        return token_error("unsupported_grant_type");
+    }
+    if param("client_id") != s.opts.client_id {
+        return token_error("invalid_client");
+    }
+    if param("client_secret") != s.opts.client_secret {
+        return token_error("invalid_client_secret");
+    }
+    if param("refresh_token") != s.opts.refresh_token {
+        return token_error("invalid_code");
+    }
+
+    let now = Instant::now();
+    let window = s.opts.refresh_window;
+    while s
+        .refresh_times
+        .front()
+        .is_some_and(|t| now.duration_since(*t) >= window)
+    {
+        s.refresh_times.pop_front();
+    }
+    if s.refresh_times.len() >= s.opts.refresh_limit {
+        s.token_throttled += 1;
+        let status =
+            StatusCode::from_u16(s.opts.throttle_status).unwrap_or(StatusCode::BAD_REQUEST);
+        return (
+            status,
+            Json(json!({
+                "error_description": THROTTLE_DESCRIPTION,
+                "error": "Access Denied",
+                "status": "failure",
+            })),
+        )
+            .into_response();
+    }
+    s.refresh_times.push_back(now);
+    s.token_refreshes += 1;
+
+    let mut rng = rand::rng();
+    let token = format!(
+        "1000.{:032x}.{:032x}",
+        rng.random::<u128>(),
+        rng.random::<u128>()
+    );
+    let lifetime = s.opts.token_lifetime;
+    s.tokens.insert(
+        token.clone(),
+        TokenInfo {
+            expires_at: now + lifetime,
+        },
+    );
+    s.token_order.push_back(token.clone());
+    // Past the cap Zoho silently invalidates the oldest token.
+    while s.token_order.len() > s.opts.max_active_tokens.max(1) {
+        if let Some(old) = s.token_order.pop_front() {
+            s.tokens.remove(&old);
+        }
+    }
+    (
+        StatusCode::OK,
+        Json(json!({
+            "access_token": token,
+            "scope": "ZohoCRM.modules.contacts.ALL ZohoCRM.modules.salesorders.ALL",
+            "api_domain": s.base_url,
+            "token_type": "Bearer",
+            "expires_in": lifetime.as_secs().max(1),
+        })),
+    )
+        .into_response()
+}
+
+// --- CRM API gate -------------------------------------------------------------
+
+fn api_error(status: StatusCode, code: &str, message: &str, details: Value) -> Response {
+    (
+        status,
+        Json(json!({"code": code, "details": details, "message": message, "status": "error"})),
+    )
+        .into_response()
+}
+
+fn reject(status: StatusCode, code: &str, message: &str, details: Value) -> Box<Response> {
+    Box::new(api_error(status, code, message, details))
+}
+
+struct InFlight(Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Counting, concurrency, latency, authentication and forced faults, in that order.
+async fn gate(
+    shared: &Arc<Shared>,
+    endpoint: &str,
+    headers: &HeaderMap,
+) -> Result<InFlight, Box<Response>> {
+    let (latency, limit) = {
+        let mut s = shared.lock();
+        *s.calls.entry(endpoint.to_string()).or_default() += 1;
+        (s.faults.latency, s.faults.concurrency_limit)
+    };
+    let now_in_flight = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    let guard = InFlight(shared.clone());
+    {
+        let mut s = shared.lock();
+        s.max_in_flight = s.max_in_flight.max(now_in_flight);
+    }
+    if limit.is_some_and(|l| now_in_flight > l) {
+        return Err(Box::new(too_many_requests()));
+    }
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+
+    let auth = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Some(token) = auth.strip_prefix("Zoho-oauthtoken ") else {
+        return Err(reject(
+            StatusCode::UNAUTHORIZED,
+            "AUTHENTICATION_FAILURE",
+            "Authentication failed",
+            json!({}),
+        ));
+    };
+    let mut s = shared.lock();
+    let valid = s
+        .tokens
+        .get(token.trim())
+        .is_some_and(|t| t.expires_at > Instant::now());
+    if !valid {
+        return Err(reject(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_TOKEN",
+            "invalid oauth token",
+            json!({}),
+        ));
+    }
+    if s.faults.fail_next_429 > 0 {
+        s.faults.fail_next_429 -= 1;
+        return Err(Box::new(too_many_requests()));
+    }
+    if s.faults.fail_next_5xx > 0 {
+        s.faults.fail_next_5xx -= 1;
+        let status = s
+            .faults
+            .status_5xx
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Err(reject(
+            status,
+            "INTERNAL_ERROR",
+            "Internal Server Error",
+            json!({}),
+        ));
+    }
+    Ok(guard)
+}
+
+fn too_many_requests() -> Response {
+    api_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "TOO_MANY_REQUESTS",
+        "too many requests. please try again after some time",
+        json!({}),
+    )
+}
+
+/// Parses `{"data": [...]}` with 1..=100 records, or answers the top-level error.
+fn records(body: &Bytes) -> Result<(Value, Vec<Value>), Box<Response>> {
+    let doc: Value = serde_json::from_slice(body).map_err(|_| {
+        reject(
+            StatusCode::BAD_REQUEST,
+            "INVALID_DATA",
+            "body is not valid JSON",
+            json!({}),
+        )
+    })?;
+    let Some(data) = doc.get("data").and_then(Value::as_array) else {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "REQUIRED_PARAM_MISSING",
+            "One of the expected parameter is missing",
+            json!({"param_name": "data"}),
+        ));
+    };
+    if data.is_empty() {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "INVALID_DATA",
+            "data is empty",
+            json!({"api_name": "data"}),
+        ));
+    }
+    if data.len() > MAX_RECORDS {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "LIMIT_EXCEEDED",
+            "the number of records exceeds the limit",
+            json!({"limit": MAX_RECORDS}),
+        ));
+    }
+    let data = data.clone();
+    Ok((doc, data))
+}
+
+fn record_error(code: &str, message: &str, details: Value) -> Value {
+    json!({"code": code, "details": details, "message": message, "status": "error"})
+}
+
+fn field_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The `INVALID_DATA` item of the first reject rule `rec` matches.
+fn rejected(faults: &Faults, rec: &Map<String, Value>, i: usize) -> Option<Value> {
+    faults.reject.iter().find_map(|r| {
+        let v = rec.get(&r.field).and_then(field_text)?;
+        (v == r.value).then(|| {
+            record_error(
+                "INVALID_DATA",
+                "invalid data",
+                json!({
+                    "expected_data_type": "text",
+                    "api_name": r.field,
+                    "json_path": format!("$.data[{i}].{}", r.field),
+                }),
+            )
+        })
+    })
+}
+
+fn success_details(id: &str) -> Value {
+    let now = chrono::Utc::now().to_rfc3339();
+    let user = json!({"name": "Integration User", "id": "5725767000000411001"});
+    json!({
+        "Modified_Time": now,
+        "Modified_By": user,
+        "Created_Time": now,
+        "id": id,
+        "Created_By": user,
+    })
+}
+
+fn batch_status(items: &[Value], all_ok: StatusCode) -> StatusCode {
+    let ok = items
+        .iter()
+        .filter(|i| i.get("status").and_then(Value::as_str) == Some("success"))
+        .count();
+    if ok == items.len() {
+        all_ok
+    } else if ok == 0 {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::MULTI_STATUS
+    }
+}
+
+// --- Contacts upsert ------------------------------------------------------------
+
+async fn upsert_contacts(
+    AxState(shared): AxState<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let _guard = match gate(&shared, ENDPOINT_CONTACTS_UPSERT, &headers).await {
+        Ok(g) => g,
+        Err(r) => return *r,
+    };
+    let (doc, data) = match records(&body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let mut s = shared.lock();
+    let dup_fields: Vec<String> = match doc.get("duplicate_check_fields").and_then(Value::as_array)
+    {
+        Some(a) => a
+            .iter()
+            .filter_map(|f| f.as_str().map(str::to_string))
+            .collect(),
+        None => s.opts.default_contact_duplicate_fields.clone(),
+    };
+    let items: Vec<Value> = data
+        .iter()
+        .enumerate()
+        .map(|(i, rec)| upsert_one(&mut s, i, rec, &dup_fields))
+        .collect();
+    let status = batch_status(&items, StatusCode::OK);
+    (status, Json(json!({"data": items}))).into_response()
+}
+
+fn upsert_one(s: &mut State, i: usize, rec: &Value, dup_fields: &[String]) -> Value {
+    let Some(rec) = rec.as_object() else {
+        return record_error(
+            "INVALID_DATA",
+            "invalid data",
+            json!({"json_path": format!("$.data[{i}]")}),
+        );
+    };
+    if let Some(err) = rejected(&s.faults, rec, i) {
+        return err;
+    }
+    if let Some(phone) = rec.get("Phone").and_then(Value::as_str) {
+        if phone.chars().any(char::is_alphabetic) {
+            return record_error(
+                "INVALID_DATA",
+                "invalid data",
+                json!({"expected_data_type": "phone", "api_name": "Phone",
+                       "json_path": format!("$.data[{i}].Phone")}),
+            );
+        }
+    }
+    let existing = dup_fields.iter().find_map(|f| {
+        let want = rec.get(f).and_then(field_text)?;
+        s.contacts
+            .iter()
+            .position(|c| c.fields.get(f).and_then(field_text).as_deref() == Some(want.as_str()))
+            .map(|pos| (pos, f.clone()))
+    });
+    if let Some((pos, field)) = existing {
+        let c = &mut s.contacts[pos];
+        for (k, v) in rec {
+            c.fields.insert(k.clone(), v.clone());
+        }
+        c.writes += 1;
+        let id = c.id.clone();
+        return json!({
+            "code": "SUCCESS", "duplicate_field": field, "action": "update",
+            "details": success_details(&id), "message": "record updated", "status": "success",
+        });
+    }
+    let has_last_name = rec
+        .get("Last_Name")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.trim().is_empty());
+    if !has_last_name {
+        return record_error(
+            "MANDATORY_NOT_FOUND",
+            "required field not found",
+            json!({"api_name": "Last_Name", "json_path": format!("$.data[{i}].Last_Name")}),
+        );
+    }
+    let id = s.new_id();
+    s.contacts.push(StoredRecord {
+        id: id.clone(),
+        fields: rec.clone(),
+        writes: 1,
+    });
+    json!({
+        "code": "SUCCESS", "duplicate_field": null, "action": "insert",
+        "details": success_details(&id), "message": "record added", "status": "success",
+    })
+}
+
+// --- Sales orders -----------------------------------------------------------------
+
+async fn create_sales_orders(
+    AxState(shared): AxState<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let _guard = match gate(&shared, ENDPOINT_SALES_ORDERS, &headers).await {
+        Ok(g) => g,
+        Err(r) => return *r,
+    };
+    let (_, data) = match records(&body) {
+        Ok(v) => v,
+        Err(r) => return *r,
+    };
+    let (items, stall) = {
+        let mut s = shared.lock();
+        let items: Vec<Value> = data
+            .iter()
+            .enumerate()
+            .map(|(i, rec)| create_order(&mut s, i, rec))
+            .collect();
+        let created = items
+            .iter()
+            .any(|i| i.get("status").and_then(Value::as_str) == Some("success"));
+        let stall = if created && s.faults.timeout_after_create_next > 0 {
+            s.faults.timeout_after_create_next -= 1;
+            Some(s.faults.stall)
+        } else {
+            None
+        };
+        (items, stall)
+    };
+    if let Some(stall) = stall {
+        // The order exists; the caller's timeout fires before this answer arrives.
+        tokio::time::sleep(stall).await;
+    }
+    let status = batch_status(&items, StatusCode::CREATED);
+    (status, Json(json!({"data": items}))).into_response()
+}
+
+fn create_order(s: &mut State, i: usize, rec: &Value) -> Value {
+    let Some(rec) = rec.as_object() else {
+        return record_error(
+            "INVALID_DATA",
+            "invalid data",
+            json!({"json_path": format!("$.data[{i}]")}),
+        );
+    };
+    if let Some(err) = rejected(&s.faults, rec, i) {
+        return err;
+    }
+    let subject_ok = rec
+        .get("Subject")
+        .and_then(Value::as_str)
+        .is_some_and(|v| !v.trim().is_empty());
+    if !subject_ok {
+        return record_error(
+            "MANDATORY_NOT_FOUND",
+            "required field not found",
+            json!({"api_name": "Subject", "json_path": format!("$.data[{i}].Subject")}),
+        );
+    }
+    let items = rec
+        .get("Ordered_Items")
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty());
+    let Some(items) = items else {
+        return record_error(
+            "MANDATORY_NOT_FOUND",
+            "required field not found",
+            json!({"api_name": "Ordered_Items", "json_path": format!("$.data[{i}].Ordered_Items")}),
+        );
+    };
+    for (j, item) in items.iter().enumerate() {
+        let product = item
+            .get("Product_Name")
+            .and_then(|p| p.get("id"))
+            .and_then(field_text);
+        if product.is_none() {
+            return record_error(
+                "MANDATORY_NOT_FOUND",
+                "required field not found",
+                json!({"api_name": "Product_Name",
+                       "json_path": format!("$.data[{i}].Ordered_Items[{j}].Product_Name")}),
+            );
+        }
+    }
+    if let Some(contact) = rec.get("Contact_Name") {
+        let id = contact.get("id").and_then(field_text);
+        let known = id
+            .as_deref()
+            .is_some_and(|id| s.contacts.iter().any(|c| c.id == id));
+        if !known {
+            return record_error(
+                "INVALID_DATA",
+                "invalid data",
+                json!({"api_name": "Contact_Name", "json_path": format!("$.data[{i}].Contact_Name"),
+                       "expected_data_type": "lookup"}),
+            );
+        }
+    }
+    let unique = s.opts.sales_order_unique_field.clone();
+    if let Some(key) = rec.get(&unique).and_then(field_text) {
+        let dup = s
+            .sales_orders
+            .iter()
+            .find(|o| o.fields.get(&unique).and_then(field_text).as_deref() == Some(key.as_str()));
+        if let Some(dup) = dup {
+            return record_error(
+                "DUPLICATE_DATA",
+                "duplicate data",
+                json!({
+                    "api_name": unique,
+                    "json_path": format!("$.data[{i}].{unique}"),
+                    "id": dup.id,
+                    "duplicate_record": {
+                        "id": dup.id,
+                        "Owner": {"name": "Integration User", "id": "5725767000000411001"},
+                        "module": {"api_name": "Sales_Orders", "id": "5725767000000002221"},
+                    },
+                    "more_records": false,
+                }),
+            );
+        }
+    }
+    let id = s.new_id();
+    s.sales_orders.push(StoredRecord {
+        id: id.clone(),
+        fields: rec.clone(),
+        writes: 1,
+    });
+    let mut details = success_details(&id);
+    details["$approval_state"] = json!("approved");
+    json!({"code": "SUCCESS", "details": details, "message": "record added", "status": "success"})
+}
