@@ -534,3 +534,88 @@ fn processor_for(pool: &shared::db::DbPool, kommo: &KommoSandbox) -> Processor {
         kommo: client,
     }
 }
+
+/// A queue with a dead-letter queue after `max_receive` receives, as in `template.yaml`.
+async fn queue_with_dlq(sqs: &aws_sdk_sqs::Client, max_receive: u32) -> (String, String) {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let dlq = sqs
+        .create_queue()
+        .queue_name(format!("kommo-events-dlq-{suffix}"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let dlq_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()
+        .remove(&QueueAttributeName::QueueArn)
+        .unwrap();
+    let policy =
+        serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive});
+    let main = sqs
+        .create_queue()
+        .queue_name(format!("kommo-events-{suffix}"))
+        .attributes(QueueAttributeName::RedrivePolicy, policy.to_string())
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    (main, dlq)
+}
+
+#[tokio::test]
+async fn after_the_receive_limit_the_delivery_is_in_the_dlq_and_the_events_table_says_why() {
+    use sandbox::wiring::{InProcess, Invoker, PumpConfig, SqsPump};
+
+    let w = World::new().await;
+    let (main, dlq) = queue_with_dlq(&w.sqs, 2).await;
+    let app = http_app(w.db.pool(), Queue::new(w.sqs.clone(), &main));
+    let mut req = load_event("webhook-contact-update.json");
+    req.body = Some(
+        w.kommo
+            .webhook_body(&[WebhookEvent::lead_status(w.bookable_lead(), 1)]),
+    );
+    assert_eq!(app.handle(req).await.status_code, 200);
+
+    w.kommo
+        .set_forced_error(Some(ForcedError::persistent(1, 502)));
+    let processor = Arc::new(w.processor());
+    let invoker: Arc<dyn Invoker> = Arc::new(InProcess::new(move |event: SqsEvent| {
+        let p = processor.clone();
+        async move { Ok::<_, std::convert::Infallible>(p.handle(event).await.0) }
+    }));
+    let mut config = PumpConfig::new(&main);
+    config.wait_time = Duration::ZERO;
+    config.retry_visibility = Duration::ZERO;
+    let pump = SqsPump::new(&testkit::aws_config().await, config, invoker)
+        .await
+        .unwrap();
+    let mut failures = 0;
+    for _ in 0..6 {
+        failures += pump.poll_once().await.unwrap().failed;
+    }
+    assert_eq!(failures, 2, "two receives, then the dead-letter queue");
+    assert_eq!(drain(&w.sqs, &dlq).await.len(), 1);
+    assert!(drain(&w.sqs, &main).await.is_empty());
+
+    let c = w.db.client().await;
+    let row = c
+        .query_one(
+            "SELECT status, attempts, error FROM kommo_webhook_events",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "failed");
+    assert_eq!(row.get::<_, i32>(1), 2);
+    assert!(row.get::<_, Option<String>>(2).unwrap().contains("502"));
+}
