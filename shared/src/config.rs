@@ -57,6 +57,8 @@ pub struct OutboxSettings {
     pub zoho_concurrency: usize,
     /// Stop claiming when less than this is left before the Lambda deadline.
     pub deadline_margin: Duration,
+    /// How long a sales order waits, uncharged, when its contact could not be synced first.
+    pub defer: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +69,12 @@ pub struct ZohoSettings {
     /// Product used for the single line item of a sales order.
     pub product_id: Option<String>,
     pub http_timeout: Duration,
+    /// Optional Contacts field holding the ERP client id (a unique or External ID field).
+    pub contact_key_field: Option<String>,
+    /// Refresh the shared token when less than this is left before it expires.
+    pub token_refresh_margin: Duration,
+    /// How long the token endpoint is left alone after Zoho's "Access Denied" throttle.
+    pub throttle_circuit: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -126,7 +134,8 @@ impl Config {
             r.problems
                 .push("DB_POOL_SIZE must be at least 1".to_string());
         }
-        let db_statement_timeout = Duration::from_millis(r.parse("DB_STATEMENT_TIMEOUT_MS", 15_000u64));
+        let db_statement_timeout =
+            Duration::from_millis(r.parse("DB_STATEMENT_TIMEOUT_MS", 15_000u64));
         let db_require_tls = r.opt_parse::<bool>("DB_REQUIRE_TLS");
         let secrets_ttl = Duration::from_secs(r.parse("SECRETS_TTL_SECONDS", 300u64));
         let flags_ttl = Duration::from_secs(r.parse("FLAGS_TTL_SECONDS", 10u64));
@@ -178,15 +187,19 @@ impl Config {
             lease: Duration::from_secs(r.parse("OUTBOX_LEASE_SECONDS", 300u64)),
             zoho_concurrency: r.parse("ZOHO_CONCURRENCY", 5usize),
             deadline_margin: Duration::from_millis(r.parse("OUTBOX_DEADLINE_MARGIN_MS", 15_000u64)),
+            defer: Duration::from_secs(r.parse("OUTBOX_DEFER_SECONDS", 60u64)),
         };
         if outbox.batch_size < 1 {
-            r.problems.push("OUTBOX_BATCH_SIZE must be at least 1".to_string());
+            r.problems
+                .push("OUTBOX_BATCH_SIZE must be at least 1".to_string());
         }
         if outbox.max_attempts < 1 {
-            r.problems.push("OUTBOX_MAX_ATTEMPTS must be at least 1".to_string());
+            r.problems
+                .push("OUTBOX_MAX_ATTEMPTS must be at least 1".to_string());
         }
         if outbox.zoho_concurrency < 1 {
-            r.problems.push("ZOHO_CONCURRENCY must be at least 1".to_string());
+            r.problems
+                .push("ZOHO_CONCURRENCY must be at least 1".to_string());
         }
         let zoho = ZohoSettings {
             duplicate_check_fields: r
@@ -198,7 +211,17 @@ impl Config {
                 .unwrap_or_else(|| "ERP_Booking_Id".to_string()),
             product_id: r.string("ZOHO_PRODUCT_ID"),
             http_timeout: Duration::from_millis(r.parse("ZOHO_HTTP_TIMEOUT_MS", 10_000u64)),
+            contact_key_field: r.string("ZOHO_CONTACT_KEY_FIELD"),
+            token_refresh_margin: Duration::from_secs(
+                r.parse("ZOHO_TOKEN_REFRESH_MARGIN_SECONDS", 300u64),
+            ),
+            throttle_circuit: Duration::from_secs(r.parse("ZOHO_THROTTLE_CIRCUIT_SECONDS", 900u64)),
         };
+        // Zoho keeps the token endpoint blocked for the rest of its 10-minute window.
+        if zoho.throttle_circuit < Duration::from_secs(600) {
+            r.problems
+                .push("ZOHO_THROTTLE_CIRCUIT_SECONDS must be at least 600".to_string());
+        }
 
         if !r.problems.is_empty() {
             return Err(ConfigError {
@@ -288,16 +311,31 @@ mod tests {
     fn every_problem_is_named_in_one_error() {
         let err = load(
             &[Need::KommoSecret, Need::KommoEventsQueue],
-            &[("DB_POOL_SIZE", "lots"), ("OUTBOX_MAX_ATTEMPTS", "s3cr3t-value")],
+            &[
+                ("DB_POOL_SIZE", "lots"),
+                ("OUTBOX_MAX_ATTEMPTS", "s3cr3t-value"),
+            ],
         )
         .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("DATABASE_URL or DB_SECRET_ID must be set"), "{text}");
+        assert!(
+            text.contains("DATABASE_URL or DB_SECRET_ID must be set"),
+            "{text}"
+        );
         assert!(text.contains("DB_POOL_SIZE is not a valid usize"), "{text}");
         assert!(text.contains("KOMMO_SECRET_ID must be set"), "{text}");
-        assert!(text.contains("KOMMO_EVENTS_QUEUE_URL must be set"), "{text}");
-        assert!(text.contains("OUTBOX_MAX_ATTEMPTS is not a valid i32"), "{text}");
-        assert!(!text.contains("s3cr3t-value"), "values are never echoed: {text}");
+        assert!(
+            text.contains("KOMMO_EVENTS_QUEUE_URL must be set"),
+            "{text}"
+        );
+        assert!(
+            text.contains("OUTBOX_MAX_ATTEMPTS is not a valid i32"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("s3cr3t-value"),
+            "values are never echoed: {text}"
+        );
         assert_eq!(err.problems.len(), 5);
     }
 
@@ -318,7 +356,10 @@ mod tests {
     fn unknown_year_bounds_are_rejected() {
         let err = load(
             &[],
-            &[("DATABASE_URL", "postgres://x"), ("FULL_REFRESH_YEAR_BOUNDS", "mars")],
+            &[
+                ("DATABASE_URL", "postgres://x"),
+                ("FULL_REFRESH_YEAR_BOUNDS", "mars"),
+            ],
         )
         .unwrap_err();
         assert_eq!(err.problems.len(), 1);
