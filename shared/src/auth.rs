@@ -137,6 +137,9 @@ mod tests {
             verify_staff(Some(&format!("Bearer {expired}")), &secret(), &roles),
             Err(AuthError::Invalid(_))
         ));
-        assert_eq!(verify_staff(None, &secret(), &roles), Err(AuthError::Missing));
+        assert_eq!(
+            verify_staff(None, &secret(), &roles),
+            Err(AuthError::Missing)
+        );
     }
 }

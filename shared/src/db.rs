@@ -60,9 +60,9 @@ pub struct DbSettings {
 impl DbSettings {
     pub async fn resolve(cfg: &Config, secrets: Option<&Secrets>) -> Result<Self, DbError> {
         let mut pg = match &cfg.db {
-            DbSource::Url(url) => url
-                .parse::<tokio_postgres::Config>()
-                .map_err(|_| DbError::Settings("DATABASE_URL is not a valid postgres URL".into()))?,
+            DbSource::Url(url) => url.parse::<tokio_postgres::Config>().map_err(|_| {
+                DbError::Settings("DATABASE_URL is not a valid postgres URL".into())
+            })?,
             DbSource::Secret(id) => {
                 let secrets = secrets.ok_or_else(|| {
                     DbError::Settings("DB_SECRET_ID is set but no secrets client was given".into())
@@ -143,7 +143,9 @@ impl DbSettings {
             Some(tls) => {
                 let (client, conn) = self
                     .pg
-                    .connect(tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone()))
+                    .connect(tokio_postgres_rustls::MakeRustlsConnect::new(
+                        (**tls).clone(),
+                    ))
                     .await?;
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
@@ -212,6 +214,18 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> Result<Vec<String>,
         .collect())
 }
 
+/// A fingerprint of the embedded migrations (names and checksums), so test
+/// harnesses can cache a migrated template database per schema version.
+pub fn migrations_fingerprint() -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for m in embedded::migrations::runner().get_migrations() {
+        h.update(m.to_string().as_bytes());
+        h.update(m.checksum().to_le_bytes());
+    }
+    hex::encode(&h.finalize()[..6])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,6 +240,8 @@ mod tests {
     #[test]
     fn missing_ca_bundle_is_a_clear_error() {
         let err = tls_config(Some("/nonexistent/ca.pem")).unwrap_err();
-        assert!(err.to_string().contains("DB_CA_BUNDLE_PATH /nonexistent/ca.pem"));
+        assert!(err
+            .to_string()
+            .contains("DB_CA_BUNDLE_PATH /nonexistent/ca.pem"));
     }
 }

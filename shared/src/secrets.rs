@@ -45,7 +45,10 @@ impl fmt::Debug for Redacted {
 #[derive(Debug, Clone, Deserialize)]
 pub struct DbSecret {
     pub host: String,
-    #[serde(default = "default_pg_port", deserialize_with = "port_from_number_or_string")]
+    #[serde(
+        default = "default_pg_port",
+        deserialize_with = "port_from_number_or_string"
+    )]
     pub port: u16,
     pub username: String,
     pub password: Redacted,
@@ -208,7 +211,10 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("prod/kommo"), "{text}");
         assert!(text.contains("wrong type"), "{text}");
-        assert!(!text.contains("12345678") && !text.contains("tok-SECRET-1"), "{text}");
+        assert!(
+            !text.contains("12345678") && !text.contains("tok-SECRET-1"),
+            "{text}"
+        );
 
         let err = parse_secret::<ZohoSecret>(
             "prod/zoho",
