@@ -180,7 +180,7 @@ impl ZohoClient {
                     )),
                 }
             }
-            RecordResult::Failure(e) => Err(ZohoError::Record(e)),
+            RecordResult::Failure(e) => Err(ZohoError::Record(Box::new(e))),
         }
     }
 

@@ -106,7 +106,7 @@ pub enum ZohoError {
         message: String,
     },
     #[error("Zoho refused the record: {}", .0.describe())]
-    Record(RecordError),
+    Record(Box<RecordError>),
     #[error("Zoho call timed out")]
     Timeout,
     #[error("Zoho could not be reached: {0}")]

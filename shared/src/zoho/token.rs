@@ -200,6 +200,16 @@ impl TokenManager {
             return Err(ZohoError::Throttled { until });
         }
 
+        // Zoho refused the stored token: if no new one can be had, nobody should use it.
+        if let (Some(r), Some(t)) = (rejected, row.token.as_ref()) {
+            if t.same_token(r) {
+                tx.execute(
+                    "UPDATE zoho_oauth_tokens SET access_token = NULL, expires_at = NULL WHERE id = $1",
+                    &[&self.row_id],
+                )
+                .await?;
+            }
+        }
         let outcome = self.call_token_endpoint().await;
         match outcome {
             Ok(Refreshed::Token(t)) => {
@@ -250,7 +260,7 @@ impl TokenManager {
                 Err(ZohoError::TokenRefused { code })
             }
             Err(e) => {
-                // The lock is released by the rollback on drop; the error is kept for operators.
+                // Best effort: the note is for operators, the caller gets the real error either way.
                 let msg = e.to_string();
                 let _ = tx
                     .execute(
