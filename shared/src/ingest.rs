@@ -7,13 +7,13 @@
 //! delivery is applied in one transaction or not at all.
 
 use chrono::{DateTime, Utc};
-use serde_json::json;
 use tokio_postgres::{Client, Transaction};
 use uuid::Uuid;
 
 use crate::{
     db::DbError,
     kommo::{webhook::body_hash, MappedContact, MappedLead},
+    outbox::{self, OutboxError},
 };
 
 /// The mapping's phone normaliser, so ingest and full refresh agree on matching.
@@ -591,11 +591,18 @@ pub async fn refresh_contact(
 // Zoho work
 // ---------------------------------------------------------------------------
 
-/// Which Zoho tasks a change enqueued.
+/// Which Zoho tasks a change asked for. Either way a live (pending or
+/// processing) row exists afterwards: an identical one may have been there.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Enqueued {
     pub contact_upsert: bool,
     pub sales_order_create: bool,
+}
+
+fn outbox_err(e: OutboxError) -> DbError {
+    match e {
+        OutboxError::Db(e) => e,
+    }
 }
 
 /// Enqueues `contact.upsert` and `sales_order.create` unless the Zoho ids are
@@ -609,25 +616,15 @@ pub async fn enqueue_zoho_tasks(
 ) -> Result<Enqueued, DbError> {
     let mut out = Enqueued::default();
     if client_zoho_id.is_none() {
-        crate::outbox::enqueue(
-            tx,
-            "client",
-            client_id,
-            "contact.upsert",
-            json!({ "client_id": client_id }),
-        )
-        .await?;
+        outbox::enqueue_contact_upsert(tx, client_id)
+            .await
+            .map_err(outbox_err)?;
         out.contact_upsert = true;
     }
     if let (Some(booking_id), None) = (booking_id, booking_zoho_id) {
-        crate::outbox::enqueue(
-            tx,
-            "booking",
-            booking_id,
-            "sales_order.create",
-            json!({ "booking_id": booking_id, "client_id": client_id }),
-        )
-        .await?;
+        outbox::enqueue_sales_order_create(tx, booking_id, client_id)
+            .await
+            .map_err(outbox_err)?;
         out.sales_order_create = true;
     }
     Ok(out)
