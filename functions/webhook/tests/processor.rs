@@ -461,9 +461,9 @@ async fn a_late_delete_of_a_lead_that_exists_again_is_ignored() {
 #[tokio::test]
 async fn the_sample_sqs_event_is_processed() {
     let w = World::new().await;
-    // The sample's delivery names lead 15318175; give the sandbox that lead.
+    // The sample names the sandbox's first lead; make it one that books.
     let mut lead = w.kommo.lead(w.bookable_lead()).unwrap();
-    lead.id = 15318175;
+    lead.id = 30000001;
     w.kommo.upsert_lead(lead);
     let text = std::fs::read_to_string(event_path("webhook-processor-sqs.json")).unwrap();
     let event: SqsEvent = serde_json::from_str(&text).unwrap();
@@ -471,7 +471,7 @@ async fn the_sample_sqs_event_is_processed() {
     assert!(resp.batch_item_failures.is_empty(), "{report:?}");
     assert_eq!(report.processed, 1);
     assert_eq!(
-        w.count("SELECT count(*) FROM bookings WHERE kommo_lead_id = 15318175")
+        w.count("SELECT count(*) FROM bookings WHERE kommo_lead_id = 30000001")
             .await,
         1
     );
