@@ -111,6 +111,10 @@ impl DevStack {
             ("STAFF_ROLES".to_string(), "admin,ops".to_string()),
             ("OUTBOX_BACKOFF_BASE_SECONDS".to_string(), "2".to_string()),
             ("OUTBOX_BACKOFF_CAP_SECONDS".to_string(), "10".to_string()),
+            (
+                "ZOHO_PRODUCT_ID".to_string(),
+                "5725767000000649013".to_string(),
+            ),
         ];
         env.extend(stack::aws_env(&self.aws_endpoint));
         env.extend(self.provisioned.env());

@@ -4,6 +4,7 @@
 //! and moto server, runs formatting, lints, every test and `cfn-lint`, and
 //! stops what it started even when a step fails.
 
+mod demo;
 mod dev;
 mod devstack;
 mod stack;
@@ -36,6 +37,10 @@ enum Task {
     },
     /// Applies the migrations to DATABASE_URL (or DB_SECRET_ID), as a deployment would.
     Migrate,
+    /// Runs the whole story end to end against the sandboxes, prints a summary and exits.
+    Demo,
+    /// Invokes every sample event in `events/` with `cargo lambda invoke` and checks the responses.
+    Events,
     /// Runs the whole system locally (PostgreSQL, moto, sandboxes, cargo lambda watch, SQS pumps,
     /// the one-minute schedule) until Ctrl-C.
     Dev {
@@ -57,6 +62,8 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Test { args } => test(&args),
         Task::Migrate => migrate(),
+        Task::Demo => demo::demo(),
+        Task::Events => demo::events(),
         Task::Dev {
             port,
             tick_seconds,
