@@ -6,10 +6,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod bookings;
 pub mod config;
 pub mod context;
 pub mod db;
 pub mod flags;
+pub mod ingest;
 pub mod kommo;
 pub mod outbox;
 pub mod refresh;

@@ -3,6 +3,7 @@
 pub mod client;
 pub mod mapping;
 pub mod model;
+pub mod webhook;
 
 pub use client::{KommoClient, KommoClientOptions, KommoError, LeadsPage, Problem, MAX_PAGE_LIMIT};
 pub use mapping::{

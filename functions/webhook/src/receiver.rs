@@ -1,0 +1,299 @@
+//! `POST /kommo/webhook/{token}`: authenticate, validate, buffer in SQS, answer.
+//!
+//! Kommo waits 2 seconds for a 2xx and disables the webhook after 100 failed
+//! deliveries in 2 hours, so this side does no real work and does not need
+//! the database: a delivery is accepted as long as SQS takes it.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use http::Method;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use shared::{
+    api::ApiError,
+    db::DbPool,
+    flags::{FeatureFlags, Flag},
+    ingest,
+    kommo::webhook::{body_hash, parse_delivery, Delivery, QueuedDelivery},
+    secrets::KommoSecret,
+    sqs::{Queue, SqsError},
+};
+use subtle::ConstantTimeEq;
+use tracing::Instrument;
+
+use crate::{
+    http::{
+        body_bytes, error_response, header, json_response, method, method_not_allowed, BodyError,
+    },
+    settings::ReceiverSettings,
+    SecretSource,
+};
+
+/// Where accepted deliveries go. SQS in production; the benchmark measures
+/// the receiver without the network call by passing a no-op queue.
+#[async_trait]
+pub trait DeliveryQueue: Send + Sync {
+    /// Sends one message and returns its id.
+    async fn send(&self, body: &str) -> Result<String, SqsError>;
+}
+
+#[async_trait]
+impl DeliveryQueue for Queue {
+    async fn send(&self, body: &str) -> Result<String, SqsError> {
+        Queue::send(self, body).await
+    }
+}
+
+pub struct Receiver {
+    pub secret: SecretSource<KommoSecret>,
+    pub flags: Arc<FeatureFlags>,
+    pub pool: DbPool,
+    pub queue: Arc<dyn DeliveryQueue>,
+    pub settings: ReceiverSettings,
+}
+
+/// Compares in constant time. Hashing first makes the comparison independent
+/// of the lengths too, so the token's length does not leak either.
+pub fn token_matches(given: Option<&str>, expected: &str) -> bool {
+    let Some(given) = given else { return false };
+    if expected.is_empty() {
+        return false;
+    }
+    let a = Sha256::digest(given.as_bytes());
+    let b = Sha256::digest(expected.as_bytes());
+    a.ct_eq(&b).into()
+}
+
+fn is_form(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|mime| {
+            mime.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+/// The first `max` characters, for log lines about bodies we could not use.
+fn truncated(body: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut out: String = text.chars().take(max).collect();
+    if text.chars().nth(max).is_some() {
+        out.push_str("…[truncated]");
+    }
+    out
+}
+
+impl Receiver {
+    pub async fn handle(
+        &self,
+        req: &ApiGatewayV2httpRequest,
+        path_token: Option<String>,
+    ) -> ApiGatewayV2httpResponse {
+        let span = tracing::info_span!(
+            "kommo_webhook",
+            request_id = req.request_context.request_id.as_deref().unwrap_or("-")
+        );
+        self.handle_inner(req, path_token).instrument(span).await
+    }
+
+    async fn handle_inner(
+        &self,
+        req: &ApiGatewayV2httpRequest,
+        path_token: Option<String>,
+    ) -> ApiGatewayV2httpResponse {
+        let request_id = req.request_context.request_id.clone();
+        if method(req) != Method::POST {
+            return method_not_allowed(method(req));
+        }
+        let secret = match self.secret.get().await {
+            Ok(s) => s,
+            Err(e) => {
+                // 503 makes Kommo retry later, when the secret may be readable again.
+                tracing::error!(error = %e, "webhook: Kommo secret unavailable");
+                return error_response(ApiError::new(503, "unavailable", "try again later"));
+            }
+        };
+        let given = path_token
+            .as_deref()
+            .or_else(|| req.query_string_parameters.first("token"));
+        if !token_matches(given, secret.webhook_token.expose()) {
+            tracing::warn!(
+                source_ip = req.request_context.http.source_ip.as_deref().unwrap_or("-"),
+                token_present = given.is_some(),
+                "webhook: wrong or missing token"
+            );
+            return error_response(ApiError::new(401, "unauthorized", "wrong or missing token"));
+        }
+        if !is_form(header(req, "content-type")) {
+            return error_response(ApiError::new(
+                415,
+                "unsupported_media_type",
+                "expected application/x-www-form-urlencoded",
+            ));
+        }
+        let body = match body_bytes(req, self.settings.max_body_bytes) {
+            Ok(b) => b,
+            Err(e @ BodyError::TooLarge { .. }) => {
+                tracing::warn!(error = %e, "webhook: body too large");
+                return error_response(ApiError::new(413, "payload_too_large", e.to_string()));
+            }
+            Err(e @ BodyError::BadBase64) => {
+                let raw = req.body.as_deref().unwrap_or("").as_bytes();
+                return self.reject(raw, None, &e.to_string()).await;
+            }
+        };
+        let delivery = match parse_delivery(&body) {
+            Ok(d) => d,
+            Err(e) => return self.reject(&body, None, &e.to_string()).await,
+        };
+        if let Some(expected) = secret.account_id {
+            if delivery.account.id != Some(expected) {
+                tracing::warn!(account_id = ?delivery.account.id, "webhook: delivery for another account");
+                return error_response(ApiError::new(
+                    403,
+                    "wrong_account",
+                    "delivery is for another Kommo account",
+                ));
+            }
+        }
+        let kommo_request_id = header(req, "x-amocrm-requestid").map(str::to_string);
+        self.log_metadata(&delivery, &body, kommo_request_id.as_deref());
+
+        match self.kommo_live().await {
+            Some(false) => {
+                tracing::info!("webhook: enableKommoLive is off, delivery stubbed");
+                return json_response(202, &json!({"mode": "stubbed"}));
+            }
+            Some(true) => {}
+            None => tracing::warn!("webhook: flag unreadable, accepting the delivery anyway"),
+        }
+
+        // The body is form-encoded ASCII once it parsed, so this is lossless.
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let envelope = QueuedDelivery::new(text, request_id, kommo_request_id, delivery.account.id);
+        let sent = tokio::time::timeout(
+            self.settings.sqs_timeout,
+            self.queue.send(&envelope.to_json()),
+        )
+        .await;
+        match sent {
+            Ok(Ok(message_id)) => {
+                tracing::info!(message_id = %message_id, sha256 = %envelope.sha256, "webhook: delivery queued");
+                json_response(200, &json!({"status": "queued"}))
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, sha256 = %envelope.sha256, "webhook: SQS refused the delivery");
+                error_response(ApiError::new(503, "queue_unavailable", "try again later"))
+            }
+            Err(_) => {
+                tracing::error!(sha256 = %envelope.sha256, "webhook: SQS send timed out");
+                error_response(ApiError::new(503, "queue_unavailable", "try again later"))
+            }
+        }
+    }
+
+    /// `Some(on)` when the flag could be read in time, `None` when not.
+    async fn kommo_live(&self) -> Option<bool> {
+        match tokio::time::timeout(
+            self.settings.db_timeout,
+            self.flags.is_enabled(Flag::KommoLive),
+        )
+        .await
+        {
+            Ok(Ok(on)) => Some(on),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "webhook: could not read enableKommoLive");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("webhook: reading enableKommoLive timed out");
+                None
+            }
+        }
+    }
+
+    fn log_metadata(&self, d: &Delivery, body: &[u8], kommo_request_id: Option<&str>) {
+        let events: Vec<String> = d
+            .events
+            .iter()
+            .map(|e| format!("{:?}:{:?}:{}", e.entity, e.action, e.id))
+            .collect();
+        tracing::info!(
+            account_id = ?d.account.id,
+            subdomain = d.account.subdomain.as_deref().unwrap_or("-"),
+            kommo_request_id = kommo_request_id.unwrap_or("-"),
+            bytes = body.len(),
+            sha256 = %body_hash(body),
+            events = ?events,
+            ignored = d.ignored.len(),
+            "webhook: delivery received"
+        );
+    }
+
+    /// 400, with the body logged (truncated) and recorded as `rejected` when
+    /// the database can be reached, so a sender bug can be diagnosed and replayed.
+    async fn reject(
+        &self,
+        body: &[u8],
+        account_id: Option<i64>,
+        reason: &str,
+    ) -> ApiGatewayV2httpResponse {
+        tracing::warn!(
+            error = %reason,
+            bytes = body.len(),
+            body = %truncated(body, self.settings.log_body_chars),
+            "webhook: unparseable delivery"
+        );
+        // With the kill switch off nothing is written, rejected bodies included.
+        if self.kommo_live().await != Some(false) {
+            let write = async {
+                let client = self.pool.get().await?;
+                ingest::record_rejected(&client, body, account_id, reason).await
+            };
+            match tokio::time::timeout(self.settings.db_timeout, write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "webhook: could not record the rejected delivery")
+                }
+                Err(_) => tracing::warn!("webhook: recording the rejected delivery timed out"),
+            }
+        }
+        error_response(ApiError::new(
+            400,
+            "bad_request",
+            format!("unparseable delivery: {reason}"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_compare() {
+        assert!(token_matches(Some("s3cret"), "s3cret"));
+        assert!(!token_matches(Some("s3cre"), "s3cret"));
+        assert!(!token_matches(Some(""), "s3cret"));
+        assert!(!token_matches(None, "s3cret"));
+        assert!(!token_matches(Some(""), ""));
+    }
+
+    #[test]
+    fn content_types() {
+        assert!(is_form(Some("application/x-www-form-urlencoded")));
+        assert!(is_form(Some(
+            "Application/X-WWW-Form-Urlencoded; charset=UTF-8"
+        )));
+        assert!(!is_form(Some("application/json")));
+        assert!(!is_form(None));
+    }
+
+    #[test]
+    fn truncation_marks_the_cut() {
+        assert_eq!(truncated(b"abcdef", 3), "abc…[truncated]");
+        assert_eq!(truncated(b"abc", 3), "abc");
+    }
+}
