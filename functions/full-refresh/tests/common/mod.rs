@@ -15,7 +15,7 @@ use shared::{
 use testkit::TestDb;
 
 /// The dev stack's staff JWT key (also signs the sample events).
-pub const STAFF_JWT_KEY: &str = "dev-staff-jwt-secret";
+pub const STAFF_JWT_KEY: &str = "sandbox-staff-jwt-secret-at-least-32-bytes";
 
 pub fn staff_secret() -> StaffJwtSecret {
     StaffJwtSecret {
