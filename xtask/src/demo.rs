@@ -39,7 +39,29 @@ struct Running {
     _pumps: Vec<StopHandle>,
 }
 
+/// The function binaries `cargo lambda watch` serves.
+pub const FUNCTIONS: [&str; 5] = [
+    "webhook",
+    "webhook-processor",
+    "full-refresh",
+    "full-refresh-worker",
+    "outbox-drain",
+];
+
+/// Builds each function the way `cargo lambda watch` runs it (`cargo run --bin <name>`), so
+/// the first invocation does not wait for a compile inside the emulator's timeout.
+pub fn prebuild_functions() -> Result<()> {
+    for bin in FUNCTIONS {
+        crate::step(
+            &format!("cargo build --bin {bin}"),
+            crate::cargo().args(["build", "--quiet", "--bin", bin]),
+        )?;
+    }
+    Ok(())
+}
+
 async fn start(tick: Duration) -> Result<Running> {
+    prebuild_functions()?;
     let work = crate::workdir()?;
     let dev = DevStack::start(
         &work,

@@ -97,13 +97,13 @@ pub fn workdir() -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
     c
 }
 
-fn step(name: &str, cmd: &mut Command) -> Result<()> {
+pub fn step(name: &str, cmd: &mut Command) -> Result<()> {
     eprintln!("\nxtask: ── {name} ──");
     let status = cmd.status().with_context(|| format!("start `{name}`"))?;
     if !status.success() {
