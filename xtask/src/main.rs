@@ -4,6 +4,7 @@
 //! and moto server, runs formatting, lints, every test and `cfn-lint`, and
 //! stops what it started even when a step fails.
 
+mod bench;
 mod stack;
 
 use std::{
@@ -34,6 +35,8 @@ enum Task {
     },
     /// Applies the migrations to DATABASE_URL (or DB_SECRET_ID), as a deployment would.
     Migrate,
+    /// Performance figures next to their baselines and limits (see docs/benchmarks.md).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Test { args } => test(&args),
         Task::Migrate => migrate(),
+        Task::Bench(args) => bench::run(args),
     };
     stack::cleanup_all();
     match result {

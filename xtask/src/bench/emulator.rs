@@ -1,0 +1,168 @@
+//! A minimal Lambda Runtime API: just enough to see when a function binary
+//! is ready for its first event.
+//!
+//! The runtime client calls `GET /2018-06-01/runtime/invocation/next` as soon
+//! as the function's init code has finished, so the moment that request
+//! arrives is the end of the cold start. The request is then held open, as
+//! Lambda does while no event is waiting, until the benchmark stops the
+//! process. An init failure (`POST …/runtime/init/error`) is reported too.
+
+use std::{net::SocketAddr, time::Instant};
+
+use anyhow::{Context, Result};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+
+#[derive(Debug)]
+pub enum RuntimeCall {
+    /// The function asked for its next event at this instant.
+    Next(Instant),
+    /// The function reported an init error with this body.
+    InitError(String),
+}
+
+pub struct Emulator {
+    pub addr: SocketAddr,
+    pub calls: mpsc::UnboundedReceiver<RuntimeCall>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Emulator {
+    pub async fn start() -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("bind the runtime emulator")?;
+        let addr = listener.local_addr()?;
+        let (tx, calls) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let _ = serve(stream, tx).await;
+                });
+            }
+        });
+        Ok(Emulator { addr, calls, task })
+    }
+
+    /// The value for `AWS_LAMBDA_RUNTIME_API`.
+    pub fn runtime_api(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Forgets calls left over from an earlier process.
+    pub fn clear(&mut self) {
+        while self.calls.try_recv().is_ok() {}
+    }
+}
+
+async fn serve(mut stream: TcpStream, tx: mpsc::UnboundedSender<RuntimeCall>) -> Result<()> {
+    let _ = stream.set_nodelay(true);
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let head_end = loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        if buf.len() > 64 * 1024 {
+            anyhow::bail!("request head too large");
+        }
+    };
+    let arrived = Instant::now();
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let request_line = head.lines().next().unwrap_or_default().to_string();
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or_default();
+    let path = parts.next().unwrap_or_default();
+
+    if method == "GET" && path.ends_with("/runtime/invocation/next") {
+        let _ = tx.send(RuntimeCall::Next(arrived));
+        // Held open until the process goes away: no event is ever served.
+        while stream.read(&mut chunk).await.unwrap_or(0) > 0 {}
+        return Ok(());
+    }
+
+    let length = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(1024 * 1024);
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < length {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    if method == "POST" && path.ends_with("/runtime/init/error") {
+        let _ = tx.send(RuntimeCall::InitError(
+            String::from_utf8_lossy(&body).into_owned(),
+        ));
+        stream
+            .write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
+            .await?;
+    } else {
+        stream
+            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+            .await?;
+    }
+    Ok(())
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn next_is_reported_and_held_open_and_init_errors_are_answered() {
+        let mut emu = Emulator::start().await.unwrap();
+        let mut s = TcpStream::connect(emu.addr).await.unwrap();
+        s.write_all(b"GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        match emu.calls.recv().await.unwrap() {
+            RuntimeCall::Next(_) => {}
+            other => panic!("expected next, got {other:?}"),
+        }
+        // Nothing is answered while the function waits for an event.
+        let mut b = [0u8; 16];
+        let read =
+            tokio::time::timeout(std::time::Duration::from_millis(100), s.read(&mut b)).await;
+        assert!(read.is_err(), "the next-event request must stay open");
+
+        let mut s = TcpStream::connect(emu.addr).await.unwrap();
+        s.write_all(
+            b"POST /2018-06-01/runtime/init/error HTTP/1.1\r\ncontent-length: 5\r\n\r\noops!",
+        )
+        .await
+        .unwrap();
+        match emu.calls.recv().await.unwrap() {
+            RuntimeCall::InitError(body) => assert_eq!(body, "oops!"),
+            other => panic!("expected an init error, got {other:?}"),
+        }
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    }
+}
