@@ -57,6 +57,8 @@ pub struct OutboxSettings {
     pub zoho_concurrency: usize,
     /// Stop claiming when less than this is left before the Lambda deadline.
     pub deadline_margin: Duration,
+    /// How long a sales order waits, uncharged, when its contact could not be synced first.
+    pub defer: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +69,12 @@ pub struct ZohoSettings {
     /// Product used for the single line item of a sales order.
     pub product_id: Option<String>,
     pub http_timeout: Duration,
+    /// Optional Contacts field holding the ERP client id (a unique or External ID field).
+    pub contact_key_field: Option<String>,
+    /// Refresh the shared token when less than this is left before it expires.
+    pub token_refresh_margin: Duration,
+    /// How long the token endpoint is left alone after Zoho's "Access Denied" throttle.
+    pub throttle_circuit: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -179,6 +187,7 @@ impl Config {
             lease: Duration::from_secs(r.parse("OUTBOX_LEASE_SECONDS", 300u64)),
             zoho_concurrency: r.parse("ZOHO_CONCURRENCY", 5usize),
             deadline_margin: Duration::from_millis(r.parse("OUTBOX_DEADLINE_MARGIN_MS", 15_000u64)),
+            defer: Duration::from_secs(r.parse("OUTBOX_DEFER_SECONDS", 60u64)),
         };
         if outbox.batch_size < 1 {
             r.problems
@@ -202,7 +211,17 @@ impl Config {
                 .unwrap_or_else(|| "ERP_Booking_Id".to_string()),
             product_id: r.string("ZOHO_PRODUCT_ID"),
             http_timeout: Duration::from_millis(r.parse("ZOHO_HTTP_TIMEOUT_MS", 10_000u64)),
+            contact_key_field: r.string("ZOHO_CONTACT_KEY_FIELD"),
+            token_refresh_margin: Duration::from_secs(
+                r.parse("ZOHO_TOKEN_REFRESH_MARGIN_SECONDS", 300u64),
+            ),
+            throttle_circuit: Duration::from_secs(r.parse("ZOHO_THROTTLE_CIRCUIT_SECONDS", 900u64)),
         };
+        // Zoho keeps the token endpoint blocked for the rest of its 10-minute window.
+        if zoho.throttle_circuit < Duration::from_secs(600) {
+            r.problems
+                .push("ZOHO_THROTTLE_CIRCUIT_SECONDS must be at least 600".to_string());
+        }
 
         if !r.problems.is_empty() {
             return Err(ConfigError {

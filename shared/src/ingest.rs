@@ -7,17 +7,17 @@
 //! delivery is applied in one transaction or not at all.
 
 use chrono::{DateTime, Utc};
-use serde_json::json;
 use tokio_postgres::{Client, Transaction};
 use uuid::Uuid;
 
-use crate::{db::DbError, kommo::webhook::body_hash};
+use crate::{
+    db::DbError,
+    kommo::{webhook::body_hash, MappedContact, MappedLead},
+    outbox::{self, OutboxError},
+};
 
-/// Digits only, so "+7 (900) 123-45-67" and "79001234567" match.
-pub fn normalize_phone(phone: &str) -> Option<String> {
-    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
-    (!digits.is_empty()).then_some(digits)
-}
+/// The mapping's phone normaliser, so ingest and full refresh agree on matching.
+pub use crate::kommo::mapping::normalize_phone;
 
 /// Trimmed, with empty strings as `None`.
 pub fn clean(s: Option<&str>) -> Option<String> {
@@ -230,38 +230,6 @@ pub async fn upsert_client(
 // Leads
 // ---------------------------------------------------------------------------
 
-/// A Kommo lead's current state, as the shared mapping produces it, in the
-/// terms the ERP tables need.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LeadSnapshot {
-    pub lead_id: i64,
-    pub name: Option<String>,
-    pub status_id: i64,
-    pub pipeline_id: Option<i64>,
-    /// Decimal text, so `numeric` receives it exactly.
-    pub price: Option<String>,
-    pub responsible_user_id: Option<i64>,
-    pub updated_at: DateTime<Utc>,
-    pub closed_at: Option<DateTime<Utc>>,
-    /// Field 1218176 (delivery); the ingest falls back to `end_at` when absent.
-    pub start_at: Option<DateTime<Utc>>,
-    /// Field 1218178 (collection); falls back to `start_at`.
-    pub end_at: Option<DateTime<Utc>>,
-    /// Enum 1234163: the enum id is `vehicles.kommo_vehicle_id`.
-    pub vehicle: Option<VehicleRef>,
-    /// Enum 823206, as its label.
-    pub source: Option<String>,
-    pub external_code: Option<String>,
-    /// The lead's main contact.
-    pub contact: Option<ClientInput>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VehicleRef {
-    pub kommo_vehicle_id: i64,
-    pub name: String,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeadOutcome {
     /// The stored data is newer than this snapshot; nothing was written.
@@ -309,11 +277,36 @@ pub fn source_payload_id(lead_id: i64) -> String {
     format!("kommo:{lead_id}")
 }
 
-/// Applies a lead's current state in the caller's transaction: client,
-/// sales lead snapshot, booking, vehicle, Zoho work (seed 000, steps 2–4).
-pub async fn apply_lead(tx: &Transaction<'_>, lead: &LeadSnapshot) -> Result<LeadOutcome, DbError> {
+impl From<&MappedContact> for ClientInput {
+    fn from(c: &MappedContact) -> Self {
+        ClientInput {
+            kommo_contact_id: Some(c.contact_id),
+            full_name: c.full_name.clone(),
+            first_name: c.first_name.clone(),
+            last_name: c.last_name.clone(),
+            email: c.email.clone(),
+            phone: c.phone.clone(),
+            kommo_updated_at: c.updated_at,
+        }
+    }
+}
+
+/// Applies a lead's current state, as the shared mapping produced it, in
+/// the caller's transaction: client, sales lead snapshot, booking, vehicle,
+/// Zoho work (seed 000, steps 2–4). `contact` is the lead's main contact.
+///
+/// A booking is found by `source_payload_id` (`kommo:<id>`) or by an
+/// `external_code` equal to the lead id, so a manual booking typed during a
+/// Kommo outage with the lead's number is adopted instead of duplicated.
+pub async fn apply_lead(
+    tx: &Transaction<'_>,
+    lead: &MappedLead,
+    contact: Option<&MappedContact>,
+) -> Result<LeadOutcome, DbError> {
     lock_lead(tx, lead.lead_id).await?;
-    let spid = source_payload_id(lead.lead_id);
+    let spid = lead.source_payload_id();
+    let lead_code = lead.lead_code();
+    let updated_at = lead.kommo_updated_at;
 
     let booking = tx
         .query_opt(
@@ -321,7 +314,7 @@ pub async fn apply_lead(tx: &Transaction<'_>, lead: &LeadSnapshot) -> Result<Lea
               WHERE source_payload_id = $1 OR (external_code IS NOT NULL AND external_code = $2)
               ORDER BY (source_payload_id = $1) DESC NULLS LAST
               LIMIT 1 FOR UPDATE",
-            &[&spid, &lead.external_code],
+            &[&spid, &lead_code],
         )
         .await?;
     let stored_lead: Option<Option<DateTime<Utc>>> = tx
@@ -336,7 +329,7 @@ pub async fn apply_lead(tx: &Transaction<'_>, lead: &LeadSnapshot) -> Result<Lea
         .and_then(|b| b.get::<_, Option<DateTime<Utc>>>(1))
         .into_iter()
         .chain(stored_lead.flatten())
-        .any(|t| t > lead.updated_at);
+        .any(|t| t > updated_at);
     if newer_stored {
         tracing::info!(
             lead_id = lead.lead_id,
@@ -345,27 +338,13 @@ pub async fn apply_lead(tx: &Transaction<'_>, lead: &LeadSnapshot) -> Result<Lea
         return Ok(LeadOutcome::Stale);
     }
 
-    let (booking_status, excluded): (String, bool) = tx
-        .query_opt(
-            "SELECT booking_status, excluded FROM kommo_status_map WHERE status_id = $1",
-            &[&lead.status_id],
-        )
-        .await?
-        .map_or(("requested".to_string(), false), |r| (r.get(0), r.get(1)));
-    let owner_id: Option<Uuid> = match lead.responsible_user_id {
-        Some(uid) => tx
-            .query_opt(
-                "SELECT staff_account_id FROM kommo_user_map WHERE kommo_user_id = $1",
-                &[&uid],
-            )
-            .await?
-            .map(|r| r.get(0)),
-        None => None,
-    };
+    let (booking_status, excluded) = (&lead.booking_status, lead.excluded);
+    let owner_id = lead.owner_staff_id;
+    let contact = contact.map(ClientInput::from);
 
     // Excluded leads never create a client: the bot-answered noise stays out
     // of the ERP, but an existing client is still linked to the snapshot.
-    let client = match &lead.contact {
+    let client = match &contact {
         Some(c) if !excluded => Some(upsert_client(tx, c).await?),
         Some(c) => find_client(tx, c).await?.map(|(id, _)| ClientOutcome {
             id,
@@ -376,14 +355,14 @@ pub async fn apply_lead(tx: &Transaction<'_>, lead: &LeadSnapshot) -> Result<Lea
         None => None,
     };
     let client_id = client.as_ref().map(|c| c.id);
-    let start_at = lead.start_at.or(lead.end_at);
-    let end_at = lead.end_at.or(lead.start_at);
+    // The mapping already lets delivery and collect fall back to each other.
+    let (start_at, end_at) = (lead.start_at, lead.end_at);
 
     tx.execute(
         "INSERT INTO sales_leads (lead_code, kommo_lead_id, client_id, name, stage_id, pipeline_id,
                                   value_amount, owner_id, expected_close_at, source, lead_source,
                                   archived_at, kommo_updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7::text::numeric, $8, $9, 'Kommo', $10, NULL, $11)
+         VALUES ($1, $2, $3, $4, $5, $6, $7::bigint::numeric, $8, $9, 'Kommo', $10, NULL, $11)
          ON CONFLICT (lead_code) DO UPDATE SET
              kommo_lead_id = EXCLUDED.kommo_lead_id,
              client_id = coalesce(EXCLUDED.client_id, sales_leads.client_id),
@@ -398,7 +377,7 @@ pub async fn apply_lead(tx: &Transaction<'_>, lead: &LeadSnapshot) -> Result<Lea
              kommo_updated_at = EXCLUDED.kommo_updated_at,
              updated_at = now()",
         &[
-            &lead.lead_id.to_string(),
+            &lead_code,
             &lead.lead_id,
             &client_id,
             &lead.name,
@@ -408,7 +387,7 @@ pub async fn apply_lead(tx: &Transaction<'_>, lead: &LeadSnapshot) -> Result<Lea
             &owner_id,
             &lead.closed_at.or(start_at),
             &lead.source,
-            &lead.updated_at,
+            &updated_at,
         ],
     )
     .await?;
@@ -421,7 +400,7 @@ pub async fn apply_lead(tx: &Transaction<'_>, lead: &LeadSnapshot) -> Result<Lea
                     "UPDATE bookings SET is_active = false, kommo_status_id = $2, status = $3,
                             kommo_updated_at = $4, updated_at = now()
                       WHERE id = $1",
-                    &[&id, &lead.status_id, &booking_status, &lead.updated_at],
+                    &[&id, &lead.status_id, booking_status, &updated_at],
                 )
                 .await?;
                 tracing::info!(lead_id = lead.lead_id, booking_id = %id, "ingest: lead moved to an excluded status, booking deactivated");
@@ -432,19 +411,23 @@ pub async fn apply_lead(tx: &Transaction<'_>, lead: &LeadSnapshot) -> Result<Lea
         return Ok(LeadOutcome::Excluded { deactivated });
     }
 
-    let vehicle_id: Option<Uuid> = match &lead.vehicle {
-        Some(v) => Some(
-            tx.query_one(
-                "INSERT INTO vehicles (kommo_vehicle_id, name) VALUES ($1, $2)
-                 ON CONFLICT (kommo_vehicle_id) DO UPDATE
-                    SET name = EXCLUDED.name,
-                        updated_at = CASE WHEN vehicles.name = EXCLUDED.name THEN vehicles.updated_at ELSE now() END
-                 RETURNING id",
-                &[&v.kommo_vehicle_id, &v.name],
+    let vehicle_id: Option<Uuid> = match lead.vehicle_enum_id {
+        Some(enum_id) => {
+            let name = lead.vehicle_name.clone().unwrap_or_default();
+            Some(
+                tx.query_one(
+                    "INSERT INTO vehicles (kommo_vehicle_id, name) VALUES ($1, $2)
+                     ON CONFLICT (kommo_vehicle_id) DO UPDATE
+                        SET name = CASE WHEN EXCLUDED.name = '' THEN vehicles.name ELSE EXCLUDED.name END,
+                            updated_at = CASE WHEN vehicles.name = EXCLUDED.name OR EXCLUDED.name = ''
+                                              THEN vehicles.updated_at ELSE now() END
+                     RETURNING id",
+                    &[&enum_id, &name],
+                )
+                .await?
+                .get(0),
             )
-            .await?
-            .get(0),
-        ),
+        }
         None => None,
     };
 
@@ -457,7 +440,7 @@ pub async fn apply_lead(tx: &Transaction<'_>, lead: &LeadSnapshot) -> Result<Lea
                      owner_id = $3, client_id = coalesce($4, client_id), kommo_lead_id = $5,
                      kommo_pipeline_id = $6, kommo_status_id = $7, status = $8, source = $9,
                      title = $10, start_at = $11, end_at = $12, vehicle_id = $13, is_active = true,
-                     total_amount = $14::text::numeric, kommo_updated_at = $15, updated_at = now()
+                     total_amount = $14::bigint::numeric, kommo_updated_at = $15, updated_at = now()
                   WHERE id = $1",
                 &[
                     &id,
@@ -467,14 +450,14 @@ pub async fn apply_lead(tx: &Transaction<'_>, lead: &LeadSnapshot) -> Result<Lea
                     &lead.lead_id,
                     &lead.pipeline_id,
                     &lead.status_id,
-                    &booking_status,
+                    booking_status,
                     &lead.source,
                     &lead.name,
                     &start_at,
                     &end_at,
                     &vehicle_id,
                     &lead.price,
-                    &lead.updated_at,
+                    &updated_at,
                 ],
             )
             .await?;
@@ -483,29 +466,28 @@ pub async fn apply_lead(tx: &Transaction<'_>, lead: &LeadSnapshot) -> Result<Lea
         None => {
             let id: Uuid = tx
                 .query_one(
-                    "INSERT INTO bookings (source_payload_id, external_code, channel, created_by, owner_id,
+                    "INSERT INTO bookings (source_payload_id, channel, created_by, owner_id,
                                            client_id, kommo_lead_id, kommo_pipeline_id, kommo_status_id,
                                            status, source, title, start_at, end_at, vehicle_id,
                                            total_amount, kommo_updated_at)
-                     VALUES ($1, $2, 'Kommo', 'system-kommo', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                             $13, $14::text::numeric, $15)
+                     VALUES ($1, 'Kommo', 'system-kommo', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
+                             $12, $13::bigint::numeric, $14)
                      RETURNING id",
                     &[
                         &spid,
-                        &lead.external_code,
                         &owner_id,
                         &client_id,
                         &lead.lead_id,
                         &lead.pipeline_id,
                         &lead.status_id,
-                        &booking_status,
+                        booking_status,
                         &lead.source,
                         &lead.name,
                         &start_at,
                         &end_at,
                         &vehicle_id,
                         &lead.price,
-                        &lead.updated_at,
+                        &updated_at,
                     ],
                 )
                 .await?
@@ -609,11 +591,18 @@ pub async fn refresh_contact(
 // Zoho work
 // ---------------------------------------------------------------------------
 
-/// Which Zoho tasks a change enqueued.
+/// Which Zoho tasks a change asked for. Either way a live (pending or
+/// processing) row exists afterwards: an identical one may have been there.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Enqueued {
     pub contact_upsert: bool,
     pub sales_order_create: bool,
+}
+
+fn outbox_err(e: OutboxError) -> DbError {
+    match e {
+        OutboxError::Db(e) => e,
+    }
 }
 
 /// Enqueues `contact.upsert` and `sales_order.create` unless the Zoho ids are
@@ -627,25 +616,15 @@ pub async fn enqueue_zoho_tasks(
 ) -> Result<Enqueued, DbError> {
     let mut out = Enqueued::default();
     if client_zoho_id.is_none() {
-        crate::outbox::enqueue(
-            tx,
-            "client",
-            client_id,
-            "contact.upsert",
-            json!({ "client_id": client_id }),
-        )
-        .await?;
+        outbox::enqueue_contact_upsert(tx, client_id)
+            .await
+            .map_err(outbox_err)?;
         out.contact_upsert = true;
     }
     if let (Some(booking_id), None) = (booking_id, booking_zoho_id) {
-        crate::outbox::enqueue(
-            tx,
-            "booking",
-            booking_id,
-            "sales_order.create",
-            json!({ "booking_id": booking_id, "client_id": client_id }),
-        )
-        .await?;
+        outbox::enqueue_sales_order_create(tx, booking_id, client_id)
+            .await
+            .map_err(outbox_err)?;
         out.sales_order_create = true;
     }
     Ok(out)
@@ -778,22 +757,4 @@ pub async fn record_unprocessable(
         )
         .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn phones_normalise_to_digits() {
-        assert_eq!(
-            normalize_phone("+7 (900) 123-45-67").as_deref(),
-            Some("79001234567")
-        );
-        assert_eq!(
-            normalize_phone("79001234567").as_deref(),
-            Some("79001234567")
-        );
-        assert_eq!(normalize_phone(" - "), None);
-    }
 }

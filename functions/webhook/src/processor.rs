@@ -10,35 +10,35 @@
 
 use std::{collections::HashMap, sync::Arc, time::Instant};
 
-use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use shared::{
     db::{DbError, DbPool},
     flags::{FeatureFlags, Flag},
-    ingest::{self, ClientInput, EventRow, LeadOutcome, LeadSnapshot},
-    kommo::webhook::{body_hash, parse_delivery, Action, Delivery, Entity, Event, QueuedDelivery},
+    ingest::{self, ClientInput, EventRow, LeadOutcome},
+    kommo::{
+        map_contact, map_lead_with_contact,
+        webhook::{body_hash, parse_delivery, Action, Delivery, Entity, Event, QueuedDelivery},
+        KommoClient, MappedContact, MappedLead, MappingConfig,
+    },
     telemetry::{Metrics, Unit},
 };
 use tracing::Instrument;
 use uuid::Uuid;
 
+/// A lead mapped by the shared mapping, with its main contact, or why it could not be.
+pub type FetchedLead = Result<(MappedLead, Option<MappedContact>), String>;
+
 /// What the Kommo API says now about the leads and contacts of a batch.
+/// Ids Kommo does not return (deleted) are absent.
 #[derive(Debug, Clone, Default)]
 pub struct Fetched {
-    pub leads: HashMap<i64, LeadSnapshot>,
-    pub contacts: HashMap<i64, ClientInput>,
+    pub leads: HashMap<i64, FetchedLead>,
+    pub contacts: HashMap<i64, Result<MappedContact, String>>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("Kommo fetch failed: {0}")]
 pub struct FetchError(pub String);
-
-/// Reads current leads (with their main contact) and contacts from Kommo,
-/// mapped to the ingest's terms.
-#[async_trait]
-pub trait KommoSource: Send + Sync {
-    async fn fetch(&self, lead_ids: &[i64], contact_ids: &[i64]) -> Result<Fetched, FetchError>;
-}
 
 #[derive(Debug, thiserror::Error)]
 enum ProcessError {
@@ -46,6 +46,8 @@ enum ProcessError {
     Db(#[from] DbError),
     #[error(transparent)]
     Fetch(#[from] FetchError),
+    #[error("{0}")]
+    Mapping(String),
 }
 
 impl From<tokio_postgres::Error> for ProcessError {
@@ -67,7 +69,8 @@ pub struct BatchReport {
 pub struct Processor {
     pub pool: DbPool,
     pub flags: Arc<FeatureFlags>,
-    pub kommo: Arc<dyn KommoSource>,
+    /// Rate-limited and retrying; one `leads_by_ids` and one `contacts_by_ids` call per batch.
+    pub kommo: KommoClient,
 }
 
 /// A delivery that made it into the events table and awaits processing.
@@ -162,7 +165,7 @@ impl Processor {
         let fetched = if lead_ids.is_empty() && contact_ids.is_empty() {
             Ok(Fetched::default())
         } else {
-            self.kommo.fetch(&lead_ids, &contact_ids).await
+            self.fetch(&lead_ids, &contact_ids).await
         };
         if let Ok(f) = &fetched {
             report.leads_fetched = f.leads.len();
@@ -215,6 +218,70 @@ impl Processor {
         let mut resp = SqsBatchResponse::default();
         resp.batch_item_failures = failures.into_iter().map(failure).collect();
         (resp, report)
+    }
+
+    /// Reads the batch's leads and contacts from Kommo (one call each) and maps
+    /// them with the shared mapping, as the full refresh does.
+    pub async fn fetch(
+        &self,
+        lead_ids: &[i64],
+        contact_ids: &[i64],
+    ) -> Result<Fetched, FetchError> {
+        let cfg = {
+            let client = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| FetchError(format!("mapping tables unavailable: {e}")))?;
+            MappingConfig::load(&**client)
+                .await
+                .map_err(|e| FetchError(e.to_string()))?
+        };
+        let leads = if lead_ids.is_empty() {
+            Vec::new()
+        } else {
+            self.kommo
+                .leads_by_ids(lead_ids)
+                .await
+                .map_err(|e| FetchError(e.to_string()))?
+        };
+        // Kommo lists deleted leads only on request; a flagged one counts as gone.
+        let leads: Vec<_> = leads.into_iter().filter(|l| !l.is_deleted).collect();
+        let mut wanted: Vec<i64> = contact_ids.to_vec();
+        wanted.extend(leads.iter().filter_map(|l| l.main_contact_id()));
+        wanted.sort_unstable();
+        wanted.dedup();
+        let contacts = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            self.kommo
+                .contacts_by_ids(&wanted)
+                .await
+                .map_err(|e| FetchError(e.to_string()))?
+        };
+        let by_id: HashMap<i64, &shared::kommo::Contact> =
+            contacts.iter().map(|c| (c.id, c)).collect();
+
+        let mut out = Fetched::default();
+        for lead in &leads {
+            let main = lead
+                .main_contact_id()
+                .and_then(|id| by_id.get(&id).copied());
+            let mapped = map_lead_with_contact(lead, main, &cfg).map_err(|e| e.to_string());
+            if let Ok((m, _)) = &mapped {
+                for w in &m.warnings {
+                    tracing::warn!(lead_id = m.lead_id, warning = %w, "processor: lead mapped with a warning");
+                }
+            }
+            out.leads.insert(lead.id, mapped);
+        }
+        for id in contact_ids {
+            if let Some(c) = by_id.get(id) {
+                out.contacts
+                    .insert(*id, map_contact(c).map_err(|e| e.to_string()));
+            }
+        }
+        Ok(out)
     }
 
     /// Records one message in the events table. `Ok(Some)` means: process it.
@@ -369,8 +436,8 @@ async fn apply_event(
             tracing::info!(lead_id = ev.id, "processor: lead note ignored");
         }
         (Entity::Lead, _) => match fetched.leads.get(&ev.id) {
-            Some(lead) => {
-                let out = ingest::apply_lead(tx, lead).await?;
+            Some(Ok((lead, contact))) => {
+                let out = ingest::apply_lead(tx, lead, contact.as_ref()).await?;
                 match out {
                     LeadOutcome::Stale => {
                         tracing::info!(lead_id = ev.id, action = ?ev.action, "processor: older than stored, nothing changed")
@@ -387,6 +454,7 @@ async fn apply_event(
                     }
                 }
             }
+            Some(Err(e)) => return Err(ProcessError::Mapping(e.clone())),
             None => {
                 // Deleted since the hook was sent; its delete delivery follows.
                 tracing::warn!(lead_id = ev.id, action = ?ev.action, "processor: lead not found in Kommo, skipped");
@@ -400,7 +468,8 @@ async fn apply_event(
             tracing::info!(contact_id = ev.id, "processor: contact note ignored");
         }
         (Entity::Contact, _) => match fetched.contacts.get(&ev.id) {
-            Some(c) => match ingest::refresh_contact(tx, c).await? {
+            Some(Err(e)) => return Err(ProcessError::Mapping(e.clone())),
+            Some(Ok(c)) => match ingest::refresh_contact(tx, &ClientInput::from(c)).await? {
                 Some((out, _)) => {
                     tracing::info!(contact_id = ev.id, client_id = %out.id, applied = out.applied, "processor: client refreshed")
                 }

@@ -5,8 +5,9 @@ mod common;
 
 use chrono::{DateTime, TimeZone, Utc};
 use common::count;
-use shared::ingest::{
-    apply_lead, delete_lead, refresh_contact, ClientInput, LeadOutcome, LeadSnapshot, VehicleRef,
+use shared::{
+    ingest::{apply_lead, delete_lead, refresh_contact, ClientInput, LeadOutcome},
+    kommo::{MappedContact, MappedLead},
 };
 
 fn t(secs: i64) -> DateTime<Utc> {
@@ -14,43 +15,69 @@ fn t(secs: i64) -> DateTime<Utc> {
 }
 
 fn contact() -> ClientInput {
-    ClientInput {
-        kommo_contact_id: Some(501),
+    ClientInput::from(&mapped_contact())
+}
+
+fn mapped_contact() -> MappedContact {
+    MappedContact {
+        contact_id: 501,
         full_name: "Ada Lovelace".into(),
         first_name: Some("Ada".into()),
         last_name: Some("Lovelace".into()),
         email: Some("ada@example.com".into()),
         phone: Some("+44 20 7946 0958".into()),
-        kommo_updated_at: Some(t(0)),
+        phone_normalized: Some("442079460958".into()),
+        updated_at: Some(t(0)),
     }
 }
 
-fn lead(updated: i64) -> LeadSnapshot {
-    LeadSnapshot {
-        lead_id: 9001,
-        name: Some("Van for the weekend".into()),
-        status_id: 67548619,
-        pipeline_id: Some(8572511),
-        price: Some("1000".into()),
-        responsible_user_id: Some(777),
-        updated_at: t(updated),
-        closed_at: None,
-        start_at: Some(t(86_400)),
-        end_at: None,
-        vehicle: Some(VehicleRef {
-            kommo_vehicle_id: 908107,
-            name: "Ford Transit LWB".into(),
-        }),
-        source: Some("Instagram".into()),
-        external_code: None,
-        contact: Some(contact()),
+/// A lead as `shared::kommo::mapping` produces it, with its main contact.
+struct Lead {
+    lead: MappedLead,
+    contact: Option<MappedContact>,
+}
+
+fn lead(updated: i64) -> Lead {
+    Lead {
+        lead: MappedLead {
+            lead_id: 9001,
+            kommo_updated_at: t(updated),
+            created_at: t(0),
+            name: Some("Van for the weekend".into()),
+            price: Some(1000),
+            pipeline_id: 8572511,
+            status_id: 67548619,
+            status_label: None,
+            booking_status: "requested".into(),
+            excluded: false,
+            is_deleted: false,
+            responsible_user_id: Some(777),
+            owner_staff_id: None,
+            start_at: Some(t(86_400)),
+            end_at: Some(t(86_400)),
+            closed_at: None,
+            vehicle_enum_id: Some(908107),
+            vehicle_name: Some("Ford Transit LWB".into()),
+            source_enum_id: Some(555001),
+            source: Some("Instagram".into()),
+            main_contact_id: Some(501),
+            warnings: Vec::new(),
+        },
+        contact: Some(mapped_contact()),
     }
 }
 
-async fn apply(db: &testkit::TestDb, l: &LeadSnapshot) -> LeadOutcome {
+fn with_status(mut l: Lead, status_id: i64, booking_status: &str, excluded: bool) -> Lead {
+    l.lead.status_id = status_id;
+    l.lead.booking_status = booking_status.into();
+    l.lead.excluded = excluded;
+    l
+}
+
+async fn apply(db: &testkit::TestDb, l: &Lead) -> LeadOutcome {
     let mut c = db.client().await;
     let tx = c.transaction().await.unwrap();
-    let out = apply_lead(&tx, l).await.unwrap();
+    let out = apply_lead(&tx, &l.lead, l.contact.as_ref()).await.unwrap();
     tx.commit().await.unwrap();
     out
 }
@@ -74,7 +101,10 @@ async fn a_new_lead_creates_client_booking_vehicle_snapshot_and_zoho_work() {
     .await
     .unwrap();
 
-    let out = apply(&db, &lead(10)).await;
+    let mut l = lead(10);
+    // The mapping resolved the responsible user through kommo_user_map.
+    l.lead.owner_staff_id = Some(staff);
+    let out = apply(&db, &l).await;
     let LeadOutcome::Booked {
         booking_id,
         created,
@@ -141,16 +171,14 @@ async fn an_older_snapshot_changes_nothing() {
     let db = testkit::TestDb::new().await;
     let c = db.client().await;
     let mut newer = lead(100);
-    newer.name = Some("Newer name".into());
-    newer.status_id = 142;
+    newer.lead.name = Some("Newer name".into());
+    let newer = with_status(newer, 142, "completed", false);
     apply(&db, &newer).await;
 
     let mut older = lead(50);
-    older.name = Some("Older name".into());
-    older.vehicle = Some(VehicleRef {
-        kommo_vehicle_id: 1,
-        name: "Old van".into(),
-    });
+    older.lead.name = Some("Older name".into());
+    older.lead.vehicle_enum_id = Some(1);
+    older.lead.vehicle_name = Some("Old van".into());
     assert_eq!(apply(&db, &older).await, LeadOutcome::Stale);
 
     let row = c
@@ -175,9 +203,8 @@ async fn excluded_status_keeps_only_the_sales_lead_and_deactivates_the_booking()
     let c = db.client().await;
 
     // A brand-new lead in an excluded status: no booking, no client, no Zoho work.
-    let mut bot = lead(10);
-    bot.lead_id = 9002;
-    bot.status_id = 79790631;
+    let mut bot = with_status(lead(10), 79790631, "excluded", true);
+    bot.lead.lead_id = 9002;
     assert_eq!(
         apply(&db, &bot).await,
         LeadOutcome::Excluded { deactivated: None }
@@ -199,8 +226,7 @@ async fn excluded_status_keeps_only_the_sales_lead_and_deactivates_the_booking()
 
     // A booked lead that moves to "lost" loses its booking (deactivated, not deleted).
     apply(&db, &lead(10)).await;
-    let mut lost = lead(20);
-    lost.status_id = 143;
+    let lost = with_status(lead(20), 143, "cancelled", true);
     let out = apply(&db, &lost).await;
     assert!(matches!(
         out,
@@ -311,13 +337,16 @@ async fn clients_match_by_contact_id_then_email_then_phone() {
         .unwrap()
         .get(0);
     let mut other = lead(10);
-    other.lead_id = 9010;
-    other.contact = Some(ClientInput {
-        kommo_contact_id: Some(502),
+    other.lead.lead_id = 9010;
+    other.contact = Some(MappedContact {
+        contact_id: 502,
         full_name: "Bob Builder".into(),
+        first_name: None,
+        last_name: None,
+        email: None,
         phone: Some("+7 (900) 123-45-67".into()),
-        kommo_updated_at: Some(t(5)),
-        ..ClientInput::default()
+        phone_normalized: Some("79001234567".into()),
+        updated_at: Some(t(5)),
     });
     let LeadOutcome::Booked { client_id, .. } = apply(&db, &other).await else {
         panic!()
@@ -382,10 +411,8 @@ async fn vehicle_change_moves_the_primary_link() {
     let c = db.client().await;
     apply(&db, &lead(10)).await;
     let mut moved = lead(20);
-    moved.vehicle = Some(VehicleRef {
-        kommo_vehicle_id: 908108,
-        name: "Mercedes Sprinter".into(),
-    });
+    moved.lead.vehicle_enum_id = Some(908108);
+    moved.lead.vehicle_name = Some("Mercedes Sprinter".into());
     apply(&db, &moved).await;
     assert_eq!(count(&c, "SELECT count(*) FROM vehicles").await, 2);
     let name: String = c
@@ -415,13 +442,16 @@ async fn two_kommo_contacts_sharing_an_email_stay_two_clients() {
     let c = db.client().await;
     apply(&db, &lead(10)).await;
     let mut sibling = lead(10);
-    sibling.lead_id = 9020;
-    sibling.contact = Some(ClientInput {
-        kommo_contact_id: Some(777_001),
+    sibling.lead.lead_id = 9020;
+    sibling.contact = Some(MappedContact {
+        contact_id: 777_001,
         full_name: "Ada's brother".into(),
+        first_name: None,
+        last_name: None,
         email: Some("ADA@example.com".into()),
-        kommo_updated_at: Some(t(5)),
-        ..ClientInput::default()
+        phone: None,
+        phone_normalized: None,
+        updated_at: Some(t(5)),
     });
     apply(&db, &sibling).await;
     assert_eq!(count(&c, "SELECT count(*) FROM clients").await, 2);

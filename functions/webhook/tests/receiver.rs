@@ -271,7 +271,7 @@ async fn size_type_method_and_account_are_checked() {
     req.body = Some(
         req.body
             .unwrap()
-            .replace("account%5Bid%5D=12345678", "account%5Bid%5D=999"),
+            .replace("account%5Bid%5D=31361463", "account%5Bid%5D=999"),
     );
     let resp = app.handle(req).await;
     assert_eq!(resp.status_code, 403);

@@ -1,3 +1,38 @@
-//! SQS function: processes buffered Kommo deliveries.
+//! SQS function: processes buffered Kommo deliveries from `kommo-events`.
 
-fn main() {}
+use std::{convert::Infallible, sync::Arc};
+
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use lambda_runtime::{run, service_fn, Error, LambdaEvent};
+use shared::{
+    config::Need,
+    context::AppContext,
+    kommo::{KommoClient, KommoClientOptions},
+    secrets::KommoSecret,
+    telemetry,
+};
+use webhook::processor::Processor;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    telemetry::init();
+    let ctx = AppContext::from_env(&[Need::KommoSecret]).await?;
+    let secret_id = ctx.config.kommo_secret_id.clone().unwrap_or_default();
+    // Read once per cold start: the token is long-lived (Kommo's long-lived
+    // tokens last months), so a rotation reaches the function as containers recycle.
+    let secret: KommoSecret = ctx.secrets.get_json(&secret_id).await?;
+    let kommo = KommoClient::new(&secret, KommoClientOptions::from_config(&ctx.config))?;
+    let processor = Arc::new(Processor {
+        pool: ctx.pool.clone(),
+        flags: ctx.flags.clone(),
+        kommo,
+    });
+    run(service_fn(move |event: LambdaEvent<SqsEvent>| {
+        let processor = processor.clone();
+        async move {
+            let (resp, _report): (SqsBatchResponse, _) = processor.handle(event.payload).await;
+            Ok::<_, Infallible>(resp)
+        }
+    }))
+    .await
+}

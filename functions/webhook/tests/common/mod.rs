@@ -16,12 +16,12 @@ use webhook::{
     SecretSource,
 };
 
-/// The token the sample events in `events/` carry.
-pub const TOKEN: &str = "dev-kommo-webhook-token";
+/// The token the sample events in `events/` carry (the dev stack's default, `sandbox::wiring::ProvisionSpec::local`).
+pub const TOKEN: &str = "sandbox-webhook-token";
 /// The account id the sample events carry.
-pub const ACCOUNT_ID: i64 = 12345678;
+pub const ACCOUNT_ID: i64 = 31_361_463;
 /// The HS256 key the sample manual-booking event was signed with.
-pub const STAFF_JWT_KEY: &str = "dev-staff-jwt-secret";
+pub const STAFF_JWT_KEY: &str = "sandbox-staff-jwt-secret-at-least-32-bytes";
 
 pub fn event_path(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -1,0 +1,400 @@
+//! Contacts upsert and Sales Orders create over Zoho CRM v8.
+
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+
+use super::{
+    error::{id_text, RecordError, ZohoError},
+    token::{AccessToken, TokenManager},
+};
+use crate::{
+    config::ZohoSettings,
+    db::DbPool,
+    secrets::{Secrets, ZohoSecret},
+};
+
+/// Zoho's limit on records per insert/upsert call.
+pub const MAX_RECORDS_PER_CALL: usize = 100;
+
+/// One record's outcome in a batch call; index i answers request record i.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordResult {
+    Success {
+        id: String,
+        /// `insert` or `update` (upsert only).
+        action: Option<String>,
+        raw: Value,
+    },
+    Failure(RecordError),
+}
+
+/// A sales order that exists in Zoho after the call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SalesOrder {
+    pub id: String,
+    /// True when Zoho reported `DUPLICATE_DATA` on the unique field: an
+    /// earlier attempt (perhaps one that timed out) created it.
+    pub already_existed: bool,
+    pub raw: Value,
+}
+
+/// Calls made and time spent in them, for metrics.
+#[derive(Debug, Default)]
+pub struct CallStats {
+    calls: AtomicU64,
+    total_ms: AtomicU64,
+    max_ms: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallStatsSnapshot {
+    pub calls: u64,
+    pub total_ms: u64,
+    pub max_ms: u64,
+}
+
+impl CallStats {
+    fn record(&self, d: Duration) {
+        let ms = d.as_millis() as u64;
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.total_ms.fetch_add(ms, Ordering::Relaxed);
+        self.max_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Returns the counts so far and starts again from zero.
+    pub fn take(&self) -> CallStatsSnapshot {
+        CallStatsSnapshot {
+            calls: self.calls.swap(0, Ordering::Relaxed),
+            total_ms: self.total_ms.swap(0, Ordering::Relaxed),
+            max_ms: self.max_ms.swap(0, Ordering::Relaxed),
+        }
+    }
+}
+
+/// Zoho CRM client; build once per container and keep it, so the token stays cached.
+pub struct ZohoClient {
+    http: reqwest::Client,
+    tokens: TokenManager,
+    settings: ZohoSettings,
+    stats: CallStats,
+}
+
+impl ZohoClient {
+    pub fn new(
+        secret: ZohoSecret,
+        settings: ZohoSettings,
+        pool: DbPool,
+    ) -> Result<Self, ZohoError> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.http_timeout)
+            .connect_timeout(settings.http_timeout.min(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| ZohoError::Config(format!("HTTP client: {e}")))?;
+        let tokens = TokenManager::new(
+            http.clone(),
+            pool,
+            secret,
+            settings.token_refresh_margin,
+            settings.throttle_circuit,
+        );
+        Ok(ZohoClient {
+            http,
+            tokens,
+            settings,
+            stats: CallStats::default(),
+        })
+    }
+
+    pub fn settings(&self) -> &ZohoSettings {
+        &self.settings
+    }
+
+    pub fn tokens(&self) -> &TokenManager {
+        &self.tokens
+    }
+
+    pub fn stats(&self) -> &CallStats {
+        &self.stats
+    }
+
+    /// A usable token (refreshing single-flight if needed). The drain calls
+    /// this before claiming, so an open throttle circuit claims nothing.
+    pub async fn access_token(&self) -> Result<AccessToken, ZohoError> {
+        self.tokens.get().await
+    }
+
+    /// `POST /crm/v8/Contacts/upsert` with up to 100 records and the configured
+    /// `duplicate_check_fields`; one result per record, in request order.
+    pub async fn upsert_contacts(&self, records: &[Value]) -> Result<Vec<RecordResult>, ZohoError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        if records.len() > MAX_RECORDS_PER_CALL {
+            return Err(ZohoError::Config(format!(
+                "{} records in one upsert; Zoho takes at most {MAX_RECORDS_PER_CALL}",
+                records.len()
+            )));
+        }
+        let body = json!({
+            "data": records,
+            "duplicate_check_fields": self.settings.duplicate_check_fields,
+            "trigger": [],
+        });
+        let doc = self.post("Contacts/upsert", &body).await?;
+        let items = data_items(&doc, records.len())?;
+        Ok(items.iter().map(record_result).collect())
+    }
+
+    /// `POST /crm/v8/Sales_Orders` with one record. `DUPLICATE_DATA` on the
+    /// configured unique field means an earlier attempt created it: success.
+    pub async fn create_sales_order(&self, record: &Value) -> Result<SalesOrder, ZohoError> {
+        let body = json!({"data": [record], "trigger": []});
+        let doc = self.post("Sales_Orders", &body).await?;
+        let items = data_items(&doc, 1)?;
+        match record_result(&items[0]) {
+            RecordResult::Success { id, raw, .. } => Ok(SalesOrder {
+                id,
+                already_existed: false,
+                raw,
+            }),
+            RecordResult::Failure(e)
+                if e.code == "DUPLICATE_DATA"
+                    && e.api_name.as_deref()
+                        == Some(self.settings.sales_order_unique_field.as_str()) =>
+            {
+                match e.duplicate_id.clone() {
+                    Some(id) => Ok(SalesOrder {
+                        id,
+                        already_existed: true,
+                        raw: e.raw,
+                    }),
+                    None => Err(ZohoError::Malformed(
+                        "DUPLICATE_DATA without the existing record's id".into(),
+                    )),
+                }
+            }
+            RecordResult::Failure(e) => Err(ZohoError::Record(Box::new(e))),
+        }
+    }
+
+    /// Sends with the shared token; on 401 `INVALID_TOKEN`, replaces the token
+    /// once and retries once. Returns the body of any answer that carries a
+    /// per-record `data` array (200, 201, 207, 400).
+    async fn post(&self, path: &str, body: &Value) -> Result<Value, ZohoError> {
+        let mut token = self.tokens.get().await?;
+        let mut retried = false;
+        loop {
+            let url = format!("{}/crm/v8/{path}", token.api_domain);
+            let started = Instant::now();
+            let sent = self
+                .http
+                .post(&url)
+                .header(
+                    reqwest::header::AUTHORIZATION,
+                    format!("Zoho-oauthtoken {}", token.token.expose()),
+                )
+                .json(body)
+                .send()
+                .await;
+            let resp = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    self.stats.record(started.elapsed());
+                    return Err(ZohoError::from_reqwest(e));
+                }
+            };
+            let status = resp.status().as_u16();
+            let bytes = resp.bytes().await.map_err(ZohoError::from_reqwest);
+            self.stats.record(started.elapsed());
+            let bytes = bytes?;
+            let doc: Option<Value> = serde_json::from_slice(&bytes).ok();
+            let field = |k: &str| {
+                doc.as_ref()
+                    .and_then(|d| d.get(k))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let (code, message) = (field("code"), field("message"));
+            match status {
+                401 if code == "INVALID_TOKEN" && !retried => {
+                    tracing::warn!(path, "zoho rejected the token; replacing it once");
+                    token = self.tokens.replace(&token).await?;
+                    retried = true;
+                }
+                401 => return Err(ZohoError::Unauthorized { code, message }),
+                429 => return Err(ZohoError::RateLimited { code, message }),
+                s if s >= 500 => {
+                    return Err(ZohoError::Server {
+                        status,
+                        code,
+                        message,
+                    })
+                }
+                200 | 201 | 207 | 400 if doc.as_ref().is_some_and(|d| d.get("data").is_some()) => {
+                    return doc.ok_or_else(|| ZohoError::Malformed("no body".into()));
+                }
+                s if (200..300).contains(&s) => {
+                    return Err(ZohoError::Malformed(format!(
+                        "HTTP {status} without a data array"
+                    )))
+                }
+                _ => {
+                    return Err(ZohoError::Rejected {
+                        status,
+                        code: if code.is_empty() {
+                            "UNKNOWN".into()
+                        } else {
+                            code
+                        },
+                        message,
+                    })
+                }
+            }
+        }
+    }
+}
+
+/// The `data` array, which must answer every request record: an empty or
+/// short array is a failure, never a silent success.
+fn data_items(doc: &Value, expected: usize) -> Result<&Vec<Value>, ZohoError> {
+    let items = doc
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ZohoError::Malformed("data is not an array".into()))?;
+    if items.len() != expected {
+        return Err(ZohoError::Malformed(format!(
+            "{} results for {expected} records",
+            items.len()
+        )));
+    }
+    Ok(items)
+}
+
+fn record_result(item: &Value) -> RecordResult {
+    let ok = item.get("status").and_then(Value::as_str) == Some("success")
+        || item.get("code").and_then(Value::as_str) == Some("SUCCESS");
+    let id = item
+        .get("details")
+        .and_then(|d| d.get("id"))
+        .and_then(id_text);
+    match (ok, id) {
+        (true, Some(id)) => RecordResult::Success {
+            id,
+            action: item
+                .get("action")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            raw: item.clone(),
+        },
+        (true, None) => RecordResult::Failure(RecordError {
+            code: "MALFORMED".into(),
+            message: "success without details.id".into(),
+            api_name: None,
+            json_path: None,
+            duplicate_id: None,
+            raw: item.clone(),
+        }),
+        (false, _) => RecordResult::Failure(RecordError::from_item(item)),
+    }
+}
+
+/// Builds the client on first use, so a drain with `enableZohoLive = false`
+/// needs neither the secret nor the network.
+pub struct LazyZohoClient {
+    cell: tokio::sync::OnceCell<Arc<ZohoClient>>,
+    source: Option<SecretSource>,
+}
+
+struct SecretSource {
+    secrets: Arc<Secrets>,
+    secret_id: String,
+    settings: ZohoSettings,
+    pool: DbPool,
+}
+
+impl LazyZohoClient {
+    pub fn ready(client: Arc<ZohoClient>) -> Self {
+        LazyZohoClient {
+            cell: tokio::sync::OnceCell::new_with(Some(client)),
+            source: None,
+        }
+    }
+
+    /// No secret configured: `get` fails with a configuration error, which the
+    /// drain treats as "stop, charge nothing".
+    pub fn unconfigured() -> Self {
+        LazyZohoClient {
+            cell: tokio::sync::OnceCell::new(),
+            source: None,
+        }
+    }
+
+    pub fn from_secret(
+        secrets: Arc<Secrets>,
+        secret_id: String,
+        settings: ZohoSettings,
+        pool: DbPool,
+    ) -> Self {
+        LazyZohoClient {
+            cell: tokio::sync::OnceCell::new(),
+            source: Some(SecretSource {
+                secrets,
+                secret_id,
+                settings,
+                pool,
+            }),
+        }
+    }
+
+    pub async fn get(&self) -> Result<Arc<ZohoClient>, ZohoError> {
+        self.cell
+            .get_or_try_init(|| async {
+                let src = self
+                    .source
+                    .as_ref()
+                    .ok_or_else(|| ZohoError::Config("ZOHO_SECRET_ID is not set".into()))?;
+                let secret: ZohoSecret = src.secrets.get_json(&src.secret_id).await?;
+                Ok(Arc::new(ZohoClient::new(
+                    secret,
+                    src.settings.clone(),
+                    src.pool.clone(),
+                )?))
+            })
+            .await
+            .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_need_an_id_and_keep_the_order() {
+        let doc = json!({"data": [
+            {"code": "SUCCESS", "status": "success", "action": "insert", "details": {"id": "5725767000011412007"}},
+            {"code": "SUCCESS", "status": "success", "details": {}},
+            {"code": "INVALID_DATA", "status": "error", "message": "invalid data", "details": {"api_name": "Phone"}},
+        ]});
+        let items = data_items(&doc, 3).unwrap();
+        let r: Vec<RecordResult> = items.iter().map(record_result).collect();
+        assert!(matches!(&r[0], RecordResult::Success { id, .. } if id == "5725767000011412007"));
+        assert!(matches!(&r[1], RecordResult::Failure(e) if e.code == "MALFORMED"));
+        assert!(
+            matches!(&r[2], RecordResult::Failure(e) if e.api_name.as_deref() == Some("Phone"))
+        );
+        assert!(matches!(data_items(&doc, 4), Err(ZohoError::Malformed(_))));
+        assert!(matches!(
+            data_items(&json!({"data": []}), 1),
+            Err(ZohoError::Malformed(_))
+        ));
+    }
+}
