@@ -1,1 +1,27 @@
-fn main() {}
+//! Outbox drain Lambda: every minute, sends due outbox rows to Zoho.
+//!
+//! The clients are built once per cold start; the handler is in `handler.rs`
+//! and the domain logic in `shared::outbox`.
+
+mod handler;
+
+use std::sync::Arc;
+
+use lambda_runtime::{service_fn, LambdaEvent};
+use serde_json::Value;
+use shared::{context::AppContext, outbox::Drain};
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    shared::telemetry::init();
+    // ZOHO_SECRET_ID is read lazily: with enableZohoLive off the drain needs no secret.
+    let ctx = AppContext::from_env(&[]).await.inspect_err(|e| {
+        tracing::error!(error = %e, "outbox-drain could not start");
+    })?;
+    let drain = Arc::new(Drain::from_context(&ctx));
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        let drain = drain.clone();
+        async move { handler::handle(&drain, event).await }
+    }))
+    .await
+}

@@ -319,7 +319,7 @@ fn record_error(code: &str, message: &str, details: Value) -> Value {
     json!({"code": code, "details": details, "message": message, "status": "error"})
 }
 
-fn field_text(v: &Value) -> Option<String> {
+pub(crate) fn field_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -428,10 +428,9 @@ fn upsert_one(s: &mut State, i: usize, rec: &Value, dup_fields: &[String]) -> Va
     }
     let existing = dup_fields.iter().find_map(|f| {
         let want = rec.get(f).and_then(field_text)?;
-        s.contacts
-            .iter()
-            .position(|c| c.fields.get(f).and_then(field_text).as_deref() == Some(want.as_str()))
-            .map(|pos| (pos, f.clone()))
+        let pos = *s.contact_index.get(&(f.clone(), want.clone()))?;
+        let still = s.contacts[pos].fields.get(f).and_then(field_text);
+        (still.as_deref() == Some(want.as_str())).then(|| (pos, f.clone()))
     });
     if let Some((pos, field)) = existing {
         let c = &mut s.contacts[pos];
@@ -440,6 +439,7 @@ fn upsert_one(s: &mut State, i: usize, rec: &Value, dup_fields: &[String]) -> Va
         }
         c.writes += 1;
         let id = c.id.clone();
+        s.index_contact(pos);
         return json!({
             "code": "SUCCESS", "duplicate_field": field, "action": "update",
             "details": success_details(&id), "message": "record updated", "status": "success",
@@ -457,7 +457,7 @@ fn upsert_one(s: &mut State, i: usize, rec: &Value, dup_fields: &[String]) -> Va
         );
     }
     let id = s.new_id();
-    s.contacts.push(StoredRecord {
+    s.push_contact(StoredRecord {
         id: id.clone(),
         fields: rec.clone(),
         writes: 1,
@@ -572,10 +572,7 @@ fn create_order(s: &mut State, i: usize, rec: &Value) -> Value {
     }
     let unique = s.opts.sales_order_unique_field.clone();
     if let Some(key) = rec.get(&unique).and_then(field_text) {
-        let dup = s
-            .sales_orders
-            .iter()
-            .find(|o| o.fields.get(&unique).and_then(field_text).as_deref() == Some(key.as_str()));
+        let dup = s.order_index.get(&key).map(|pos| &s.sales_orders[*pos]);
         if let Some(dup) = dup {
             return record_error(
                 "DUPLICATE_DATA",
@@ -595,6 +592,9 @@ fn create_order(s: &mut State, i: usize, rec: &Value) -> Value {
         }
     }
     let id = s.new_id();
+    if let Some(key) = rec.get(&unique).and_then(field_text) {
+        s.order_index.insert(key, s.sales_orders.len());
+    }
     s.sales_orders.push(StoredRecord {
         id: id.clone(),
         fields: rec.clone(),

@@ -165,7 +165,12 @@ pub(crate) struct State {
     faults: Faults,
     next_id: u64,
     contacts: Vec<StoredRecord>,
+    /// (field, value) → position in `contacts`, so duplicate checks stay O(1)
+    /// for benchmark-sized data. Entries may be stale after an update; lookups re-check.
+    contact_index: HashMap<(String, String), usize>,
     sales_orders: Vec<StoredRecord>,
+    /// Unique-field value → position in `sales_orders`.
+    order_index: HashMap<String, usize>,
     calls: BTreeMap<String, u64>,
     tokens: HashMap<String, TokenInfo>,
     token_order: VecDeque<String>,
@@ -177,6 +182,23 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// Indexes every scalar field of contact `pos`.
+    fn index_contact(&mut self, pos: usize) {
+        let keys: Vec<(String, String)> = self.contacts[pos]
+            .fields
+            .iter()
+            .filter_map(|(k, v)| handlers::field_text(v).map(|t| (k.clone(), t)))
+            .collect();
+        for key in keys {
+            self.contact_index.insert(key, pos);
+        }
+    }
+
+    fn push_contact(&mut self, record: StoredRecord) {
+        self.contacts.push(record);
+        self.index_contact(self.contacts.len() - 1);
+    }
+
     fn new_id(&mut self) -> String {
         self.next_id += 1;
         // Zoho ids are 19-digit strings.
@@ -216,7 +238,9 @@ impl ZohoSandbox {
                 opts,
                 next_id: 0,
                 contacts: Vec::new(),
+                contact_index: HashMap::new(),
                 sales_orders: Vec::new(),
+                order_index: HashMap::new(),
                 calls: BTreeMap::new(),
                 tokens: HashMap::new(),
                 token_order: VecDeque::new(),
@@ -330,7 +354,7 @@ impl ZohoSandbox {
     pub fn insert_contact(&self, fields: Map<String, Value>) -> String {
         let mut s = self.shared.lock();
         let id = s.new_id();
-        s.contacts.push(StoredRecord {
+        s.push_contact(StoredRecord {
             id: id.clone(),
             fields,
             writes: 1,

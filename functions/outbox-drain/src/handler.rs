@@ -1,0 +1,227 @@
+//! EventBridge schedule → one drain run → EMF metrics and a JSON report.
+//!
+//! EventBridge rules (`Schedule`) send a "Scheduled Event" envelope;
+//! EventBridge Scheduler (`ScheduleV2`) sends whatever `Input` the schedule
+//! has. The body only labels the run, so any JSON is accepted.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use lambda_runtime::LambdaEvent;
+use serde_json::Value;
+use shared::{
+    outbox::{Drain, OutboxError},
+    telemetry::Metrics,
+};
+
+/// Used when the runtime gives no deadline (local invokes without one).
+const FALLBACK_BUDGET: Duration = Duration::from_secs(60);
+
+/// What invoked the drain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// An EventBridge rule (`Schedule`): the "Scheduled Event" envelope.
+    Schedule { id: String, time: Option<String> },
+    /// EventBridge Scheduler (`ScheduleV2`) or any other JSON input.
+    SchedulerV2 { schedule: Option<String> },
+}
+
+impl Trigger {
+    pub fn from_payload(v: &Value) -> Self {
+        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        let is_rule = text("detail-type").as_deref() == Some("Scheduled Event")
+            && text("source").as_deref() == Some("aws.events");
+        if is_rule {
+            Trigger::Schedule {
+                id: text("id").unwrap_or_default(),
+                time: text("time"),
+            }
+        } else {
+            Trigger::SchedulerV2 {
+                schedule: text("schedule-arn").or_else(|| text("schedule")),
+            }
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Trigger::Schedule { .. } => "schedule",
+            Trigger::SchedulerV2 { .. } => "schedule_v2",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error("outbox drain failed: {0}")]
+    Drain(#[from] OutboxError),
+    #[error("report could not be serialised: {0}")]
+    Report(#[from] serde_json::Error),
+}
+
+impl From<HandlerError> for lambda_runtime::Diagnostic {
+    fn from(e: HandlerError) -> Self {
+        lambda_runtime::Diagnostic {
+            error_type: match e {
+                HandlerError::Drain(_) => "OutboxDrainFailed".into(),
+                HandlerError::Report(_) => "OutboxReportFailed".into(),
+            },
+            error_message: e.to_string(),
+        }
+    }
+}
+
+/// The instant the drain must be done by, from the runtime's wall-clock deadline.
+fn deadline_of(ctx: &lambda_runtime::Context) -> Instant {
+    if ctx.deadline == 0 {
+        return Instant::now() + FALLBACK_BUDGET;
+    }
+    let left = ctx
+        .deadline()
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    Instant::now() + left
+}
+
+pub async fn handle(drain: &Drain, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
+    let trigger = Trigger::from_payload(&event.payload);
+    let deadline = deadline_of(&event.context);
+    tracing::info!(trigger = trigger.kind(), ?trigger, "outbox drain started");
+    let report = drain.run(deadline).await.inspect_err(|e| {
+        tracing::error!(error = %e, "outbox drain failed");
+    })?;
+    let mut metrics = Metrics::new("KommoZoho", "outbox-drain");
+    report.record(&mut metrics);
+    metrics.property("requestId", event.context.request_id.clone());
+    metrics.property("trigger", trigger.kind());
+    metrics.flush();
+    tracing::info!(
+        claimed = report.claimed,
+        succeeded = report.succeeded,
+        retried = report.retried,
+        failed = report.failed,
+        handed_back = report.handed_back,
+        stopped = ?report.stopped,
+        "outbox drain finished"
+    );
+    Ok(serde_json::to_value(&report)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use shared::{config::OutboxSettings, flags::FeatureFlags, outbox, zoho::LazyZohoClient};
+
+    fn sample(name: &str) -> Value {
+        let path = format!("{}/../../events/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn both_schedule_payloads_are_recognised() {
+        let v1 = Trigger::from_payload(&sample("outbox-drain-schedule.json"));
+        assert!(
+            matches!(v1, Trigger::Schedule { ref id, .. } if !id.is_empty()),
+            "{v1:?}"
+        );
+        let v2 = Trigger::from_payload(&sample("outbox-drain-schedule-v2.json"));
+        assert_eq!(v2.kind(), "schedule_v2");
+        assert_eq!(Trigger::from_payload(&Value::Null).kind(), "schedule_v2");
+    }
+
+    #[test]
+    fn a_passed_deadline_leaves_no_time() {
+        let mut ctx = lambda_runtime::Context::default();
+        ctx.deadline = 1_000;
+        assert!(deadline_of(&ctx) <= Instant::now());
+    }
+
+    #[tokio::test]
+    async fn a_scheduled_run_with_the_flag_off_stubs_rows_without_a_zoho_secret() {
+        let db = testkit::TestDb::new().await;
+        let client_id: uuid::Uuid = {
+            let mut c = db.client().await;
+            let tx = c.transaction().await.unwrap();
+            let id = tx
+                .query_one(
+                    "INSERT INTO clients (full_name) VALUES ('A B') RETURNING id",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            outbox::enqueue_contact_upsert(&tx, id).await.unwrap();
+            tx.commit().await.unwrap();
+            id
+        };
+        let pool = db.pool();
+        let settings = OutboxSettings {
+            batch_size: 10,
+            max_attempts: 5,
+            backoff_base: Duration::from_secs(30),
+            backoff_cap: Duration::from_secs(3600),
+            lease: Duration::from_secs(60),
+            zoho_concurrency: 2,
+            deadline_margin: Duration::from_secs(1),
+            defer: Duration::from_secs(60),
+        };
+        let drain = Drain::new(
+            pool.clone(),
+            Arc::new(FeatureFlags::new(pool, Duration::ZERO)),
+            settings,
+            Arc::new(LazyZohoClient::unconfigured()),
+        );
+        for name in [
+            "outbox-drain-schedule.json",
+            "outbox-drain-schedule-v2.json",
+        ] {
+            let event = LambdaEvent::new(sample(name), lambda_runtime::Context::default());
+            let out = handle(&drain, event).await.unwrap();
+            assert!(out["stopped"].is_null(), "{out}");
+        }
+        let c = db.client().await;
+        let r = c
+            .query_one(
+                "SELECT status, last_response FROM integrations_outbox WHERE entity_id = $1",
+                &[&client_id],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.get::<_, String>(0), "succeeded");
+        assert_eq!(r.get::<_, Value>(1), serde_json::json!({"mode": "stubbed"}));
+
+        // Live without a secret: the drain stops before claiming anything.
+        db.set_flag("enableZohoLive", true).await;
+        let id2: uuid::Uuid = {
+            let mut c = db.client().await;
+            let tx = c.transaction().await.unwrap();
+            let id = tx
+                .query_one(
+                    "INSERT INTO clients (full_name) VALUES ('C D') RETURNING id",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            outbox::enqueue_contact_upsert(&tx, id).await.unwrap();
+            tx.commit().await.unwrap();
+            id
+        };
+        let event = LambdaEvent::new(sample("outbox-drain-schedule.json"), Default::default());
+        let out = handle(&drain, event).await.unwrap();
+        assert_eq!(out["stopped"], "systemic");
+        assert_eq!(out["claimed"], 0);
+        let r = c
+            .query_one(
+                "SELECT status, attempts FROM integrations_outbox WHERE entity_id = $1",
+                &[&id2],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.get::<_, String>(0), r.get::<_, i32>(1)),
+            ("pending".into(), 0)
+        );
+    }
+}
