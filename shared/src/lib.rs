@@ -14,6 +14,7 @@ pub mod flags;
 pub mod ingest;
 pub mod kommo;
 pub mod outbox;
+pub mod refresh;
 pub mod secrets;
 pub mod sqs;
 pub mod telemetry;

@@ -1,0 +1,309 @@
+//! The HTTP API (API Gateway HTTP API, payload v2):
+//!
+//! - `POST /integrations/kommo/full-refresh` with an optional `{"year": 2025}`
+//!   starts a run: 202 `{runId, status, leads, contacts, vehicles}`, 409 with
+//!   the active run's id, 403 with a `reason` when `enableKommoLive` is off.
+//! - `GET /integrations/kommo/full-refresh/{runId}`: the run with live progress.
+//! - `GET /integrations/kommo/full-refresh`: recent runs.
+//!
+//! Every route needs a staff JWT (401 without, 403 for another role).
+
+use std::sync::Arc;
+
+use aws_lambda_events::{
+    apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse},
+    encodings::Body,
+};
+use base64::Engine;
+use chrono::Datelike;
+use http::{HeaderValue, Method};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use shared::{
+    api::ApiError,
+    auth::verify_staff,
+    db::DbPool,
+    flags::{FeatureFlags, Flag},
+    refresh::{runs, JobQueue, RefreshError, RefreshSettings, StartOutcome},
+    secrets::StaffJwtSecret,
+};
+use uuid::Uuid;
+
+use crate::SecretSource;
+
+/// Start bodies are tiny; anything bigger is a mistake or abuse.
+const MAX_BODY: usize = 4 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Runs,
+    Run(String),
+    Unknown,
+}
+
+/// Matches on path segments, tolerating one leading stage segment.
+pub fn route(path: &str) -> Route {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    for start in 0..=1usize.min(segs.len()) {
+        match &segs[start..] {
+            ["integrations", "kommo", "full-refresh"] => return Route::Runs,
+            ["integrations", "kommo", "full-refresh", id] => return Route::Run((*id).to_string()),
+            _ => {}
+        }
+    }
+    Route::Unknown
+}
+
+pub struct HttpApp {
+    pub pool: DbPool,
+    pub flags: Arc<FeatureFlags>,
+    pub jwt: SecretSource<StaffJwtSecret>,
+    pub allowed_roles: Vec<String>,
+    pub queue: Arc<dyn JobQueue>,
+    pub settings: RefreshSettings,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartBody {
+    #[serde(default)]
+    year: Option<i64>,
+}
+
+impl HttpApp {
+    pub async fn handle(&self, req: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
+        match self.dispatch(&req).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                if e.status >= 500 {
+                    tracing::error!(status = e.status, code = e.code, message = %e.message, "full-refresh request failed");
+                } else {
+                    tracing::info!(status = e.status, code = e.code, message = %e.message, "full-refresh request refused");
+                }
+                json_response(e.status, &e.body())
+            }
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        req: &ApiGatewayV2httpRequest,
+    ) -> Result<ApiGatewayV2httpResponse, ApiError> {
+        let path = req
+            .raw_path
+            .as_deref()
+            .or(req.request_context.http.path.as_deref())
+            .unwrap_or("/");
+        let method = &req.request_context.http.method;
+        let route = route(path);
+        match (&route, method) {
+            (Route::Unknown, _) => {
+                return Err(ApiError::new(404, "not_found", "no such route"));
+            }
+            (Route::Runs, m) if m != Method::POST && m != Method::GET => {
+                return Err(method_not_allowed("GET, POST"));
+            }
+            (Route::Run(_), m) if m != Method::GET => {
+                return Err(method_not_allowed("GET"));
+            }
+            _ => {}
+        }
+
+        let secret = self.jwt.get().await.map_err(|e| {
+            tracing::error!(error = %e, "staff JWT secret unavailable");
+            ApiError::new(503, "unavailable", "authentication is unavailable")
+        })?;
+        let authorization = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let staff = verify_staff(authorization, &secret, &self.allowed_roles)?;
+
+        match route {
+            Route::Runs if method == Method::POST => self.start(req, &staff.sub).await,
+            Route::Runs => self.list(req).await,
+            Route::Run(id) => self.status(&id).await,
+            Route::Unknown => Err(ApiError::new(404, "not_found", "no such route")),
+        }
+    }
+
+    async fn start(
+        &self,
+        req: &ApiGatewayV2httpRequest,
+        sub: &str,
+    ) -> Result<ApiGatewayV2httpResponse, ApiError> {
+        let live = self
+            .flags
+            .is_enabled(Flag::KommoLive)
+            .await
+            .map_err(db_unavailable)?;
+        if !live {
+            return Err(ApiError::new(
+                403,
+                "kommo_disabled",
+                "the full refresh is switched off",
+            )
+            .with_details(json!({
+                "reason": "feature flag enableKommoLive is off; turn it on to import from Kommo"
+            })));
+        }
+        let year = self.year_of(req)?;
+        let mut client = self.pool.get().await.map_err(|e| db_unavailable(e.into()))?;
+        let outcome = runs::start_run(
+            &mut client,
+            self.queue.as_ref(),
+            sub,
+            year,
+            self.settings.stale_after,
+        )
+        .await
+        .map_err(|e| match e {
+            RefreshError::Queue(_) => ApiError::new(
+                503,
+                "queue_unavailable",
+                "the job could not be queued; the run was closed as failed, try again",
+            ),
+            other => refresh_error(other),
+        })?;
+        match outcome {
+            StartOutcome::Started(run) => {
+                let mut resp = json_response(202, &run.to_json());
+                if let Ok(v) =
+                    HeaderValue::from_str(&format!("/integrations/kommo/full-refresh/{}", run.id))
+                {
+                    resp.headers.insert(http::header::LOCATION, v);
+                }
+                Ok(resp)
+            }
+            StartOutcome::AlreadyActive(run) => Err(ApiError::new(
+                409,
+                "already_running",
+                format!("a full refresh is already {}", run.status.as_str()),
+            )
+            .with_details(json!({"runId": run.id, "status": run.status.as_str()}))),
+        }
+    }
+
+    /// The year from the body, or the configured default, or the current UTC year.
+    fn year_of(&self, req: &ApiGatewayV2httpRequest) -> Result<i32, ApiError> {
+        let raw = req.body.as_deref().unwrap_or("");
+        if raw.len() > MAX_BODY * 2 {
+            return Err(ApiError::new(413, "too_large", "the body is too large"));
+        }
+        let bytes = if req.is_base64_encoded {
+            base64::engine::general_purpose::STANDARD
+                .decode(raw.trim())
+                .map_err(|_| ApiError::new(400, "invalid_body", "the body is not valid base64"))?
+        } else {
+            raw.as_bytes().to_vec()
+        };
+        if bytes.len() > MAX_BODY {
+            return Err(ApiError::new(413, "too_large", "the body is too large"));
+        }
+        let current = chrono::Utc::now().year();
+        let year = if bytes.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            let body: StartBody = serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::new(
+                    400,
+                    "invalid_body",
+                    format!("expected {{\"year\": <number>}} or no body: {e}"),
+                )
+            })?;
+            body.year
+        };
+        let year = match year {
+            Some(y) => y,
+            None => i64::from(self.settings.default_year.unwrap_or(current)),
+        };
+        if !(2000..=i64::from(current) + 1).contains(&year) {
+            return Err(ApiError::new(
+                422,
+                "invalid_year",
+                format!("year must be between 2000 and {}", current + 1),
+            ));
+        }
+        Ok(year as i32)
+    }
+
+    async fn status(&self, id: &str) -> Result<ApiGatewayV2httpResponse, ApiError> {
+        let id = Uuid::parse_str(id)
+            .map_err(|_| ApiError::new(400, "invalid_run_id", "the run id is not a UUID"))?;
+        let client = self.pool.get().await.map_err(|e| db_unavailable(e.into()))?;
+        match runs::get_run(&**client, id).await.map_err(refresh_error)? {
+            Some(run) => Ok(json_response(200, &run.to_json())),
+            None => Err(ApiError::new(404, "not_found", "no such run")),
+        }
+    }
+
+    async fn list(
+        &self,
+        req: &ApiGatewayV2httpRequest,
+    ) -> Result<ApiGatewayV2httpResponse, ApiError> {
+        let limit = match req.query_string_parameters.first("limit") {
+            None => 20,
+            Some(v) => v
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (1..=100).contains(n))
+                .ok_or_else(|| {
+                    ApiError::new(400, "invalid_limit", "limit must be a number from 1 to 100")
+                })?,
+        };
+        let client = self.pool.get().await.map_err(|e| db_unavailable(e.into()))?;
+        let list = runs::list_runs(&**client, limit)
+            .await
+            .map_err(refresh_error)?;
+        let runs: Vec<Value> = list.iter().map(|r| r.to_json()).collect();
+        Ok(json_response(200, &json!({ "runs": runs })))
+    }
+}
+
+fn method_not_allowed(allow: &str) -> ApiError {
+    ApiError::new(
+        405,
+        "method_not_allowed",
+        format!("method not allowed; use {allow}"),
+    )
+}
+
+fn db_unavailable(e: shared::db::DbError) -> ApiError {
+    tracing::error!(error = %e, "database unavailable");
+    ApiError::new(503, "unavailable", "the database is unavailable")
+}
+
+fn refresh_error(e: RefreshError) -> ApiError {
+    tracing::error!(error = %e, "full-refresh request failed");
+    ApiError::new(500, "internal", "the request could not be completed")
+}
+
+pub fn json_response(status: u16, body: &Value) -> ApiGatewayV2httpResponse {
+    let mut resp = ApiGatewayV2httpResponse {
+        status_code: i64::from(status),
+        body: Some(Body::Text(body.to_string())),
+        ..Default::default()
+    };
+    resp.headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_tolerate_a_stage_prefix() {
+        assert_eq!(route("/integrations/kommo/full-refresh"), Route::Runs);
+        assert_eq!(route("/prod/integrations/kommo/full-refresh/"), Route::Runs);
+        assert_eq!(
+            route("/integrations/kommo/full-refresh/abc"),
+            Route::Run("abc".into())
+        );
+        assert_eq!(route("/a/b/integrations/kommo/full-refresh"), Route::Unknown);
+        assert_eq!(route("/integrations/kommo"), Route::Unknown);
+    }
+}

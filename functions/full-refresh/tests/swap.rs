@@ -1,0 +1,427 @@
+//! The swap and staging against a real Postgres, with hand-built staging
+//! rows: what production looks like afterwards, the guard rails, and
+//! all-or-nothing behaviour.
+
+mod common;
+
+use chrono::{TimeZone, Utc};
+use common::*;
+use serde_json::json;
+use shared::refresh::{
+    runs::{self, RunStatus, StartOutcome},
+    staging::{self, StagedContact, StagedLead, StagedPage, StagedVehicle},
+    swap::{swap, SwapOutcome},
+    RefreshSettings, StagingMethod,
+};
+use testkit::TestDb;
+use uuid::Uuid;
+
+fn ts(y: i32, m: u32, d: u32) -> Option<chrono::DateTime<Utc>> {
+    Utc.with_ymd_and_hms(y, m, d, 10, 0, 0).single()
+}
+
+fn lead(id: i64, status: i64, excluded: bool, contact: Option<i64>, vehicle: Option<i64>) -> StagedLead {
+    StagedLead {
+        lead_id: id,
+        payload: json!({"id": id}),
+        contact_id: contact,
+        vehicle_enum_id: vehicle,
+        source_enum_id: Some(555001),
+        created_at: ts(2025, 3, 1),
+        updated_at: ts(2025, 3, 2),
+        name: Some(format!("Booking {id}")),
+        status_id: status,
+        pipeline_id: Some(8572511),
+        price: Some(1200),
+        responsible_user_id: Some(504141),
+        owner_id: None,
+        booking_status: if excluded { "excluded".into() } else { "confirmed".into() },
+        excluded,
+        start_at: ts(2025, 4, 1),
+        end_at: ts(2025, 4, 5),
+        lead_source: Some("Instagram".into()),
+        closed_at: None,
+    }
+}
+
+fn contact(id: i64) -> StagedContact {
+    StagedContact {
+        contact_id: id,
+        payload: json!({"id": id}),
+        full_name: format!("Client {id}"),
+        first_name: Some("Client".into()),
+        last_name: Some(id.to_string()),
+        email: Some(format!("c{id}@example.test")),
+        phone: Some("+7 (900) 123-45-67".into()),
+        phone_normalized: Some("79001234567".into()),
+        updated_at: ts(2025, 2, 1),
+    }
+}
+
+fn vehicle(lead_id: i64, enum_id: i64) -> StagedVehicle {
+    StagedVehicle {
+        lead_id,
+        vehicle_enum_id: enum_id,
+        vehicle_name: Some(format!("Vehicle {enum_id}")),
+        is_primary: true,
+    }
+}
+
+/// Three bookable leads (one with a vehicle), one excluded, two contacts.
+fn page(n_bookable: i64) -> StagedPage {
+    let mut leads: Vec<StagedLead> = (0..n_bookable)
+        .map(|i| lead(1000 + i, 67548619, false, Some(50 + (i % 2)), (i == 0).then_some(3001001)))
+        .collect();
+    leads.push(lead(2000, 79790631, true, Some(50), None));
+    let vehicles = vec![vehicle(1000, 3001001)];
+    StagedPage {
+        leads,
+        contacts: vec![contact(50), contact(51)],
+        vehicles,
+    }
+}
+
+async fn running_run(db: &TestDb, year: i32) -> Uuid {
+    let mut c = db.client().await;
+    let run = match runs::create_run(&mut c, "tester", year, std::time::Duration::from_secs(600))
+        .await
+        .unwrap()
+    {
+        StartOutcome::Started(r) => r,
+        StartOutcome::AlreadyActive(r) => panic!("unexpected active run {}", r.id),
+    };
+    c.execute(
+        "UPDATE kommo_import_runs SET status = 'running', phase = 'fetching' WHERE id = $1",
+        &[&run.id],
+    )
+    .await
+    .unwrap();
+    run.id
+}
+
+async fn stage(db: &TestDb, run_id: Uuid, page: &StagedPage, method: StagingMethod) {
+    let mut c = db.client().await;
+    let tx = c.transaction().await.unwrap();
+    staging::stage_page(&tx, run_id, page, method).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+async fn run_swap(db: &TestDb, run_id: Uuid) -> SwapOutcome {
+    let mut c = db.client().await;
+    swap(&mut c, run_id, &RefreshSettings::default()).await.unwrap()
+}
+
+async fn status_of(db: &TestDb, run_id: Uuid) -> (String, Option<String>, i32) {
+    let c = db.client().await;
+    let r = c
+        .query_one(
+            "SELECT status, error, leads_count FROM kommo_import_runs WHERE id = $1",
+            &[&run_id],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2))
+}
+
+/// Production before the refresh: an old Kommo booking and its sales lead
+/// (another year), a manual booking, and some outbox work.
+async fn seed_production(db: &TestDb) {
+    let c = db.client().await;
+    c.batch_execute(
+        "INSERT INTO bookings (source_payload_id, channel, created_by, kommo_lead_id, status, kommo_updated_at)
+              VALUES ('kommo:999', 'Kommo', 'system-kommo', 999, 'confirmed', '2024-05-01Z');
+         INSERT INTO sales_leads (lead_code, kommo_lead_id, source, kommo_updated_at)
+              VALUES ('999', 999, 'Kommo', '2024-05-01Z');
+         INSERT INTO bookings (external_code, channel, created_by, manual_created_by, status)
+              VALUES ('MAN-1', 'manual', 'staff', 'staff-1', 'confirmed');
+         INSERT INTO integrations_outbox (entity_type, entity_id, target_system, event_type, dedupe_key)
+              VALUES ('booking', gen_random_uuid(), 'zoho', 'sales_order.create', 'k1');",
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn swap_replaces_kommo_data_per_the_spec_and_adds_no_outbox_rows() {
+    let db = TestDb::new().await;
+    seed_production(&db).await;
+    let run_id = running_run(&db, 2025).await;
+    stage(&db, run_id, &page(3), StagingMethod::BinaryCopy).await;
+    let outbox_before = db.count("integrations_outbox").await;
+
+    let outcome = run_swap(&db, run_id).await;
+    let SwapOutcome::Succeeded(counts) = outcome else {
+        panic!("swap did not succeed: {outcome:?}");
+    };
+    assert_eq!((counts.leads, counts.contacts, counts.vehicles, counts.bookings, counts.excluded), (4, 2, 1, 3, 1));
+    let (status, error, leads) = status_of(&db, run_id).await;
+    assert_eq!((status.as_str(), error, leads), ("succeeded", None, 4));
+
+    let c = db.client().await;
+    let active: Vec<String> = c
+        .query(
+            "SELECT source_payload_id FROM bookings WHERE channel = 'Kommo' AND is_active ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(active, vec!["kommo:1000", "kommo:1001", "kommo:1002"]);
+    // The excluded lead is a sales lead only.
+    assert_eq!(
+        c.query_one("SELECT count(*) FROM bookings WHERE kommo_lead_id = 2000", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        0
+    );
+    let excluded = c
+        .query_one(
+            "SELECT stage_id, archived_at IS NULL FROM sales_leads WHERE lead_code = '2000'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(excluded.get::<_, Option<i64>>(0), Some(79790631));
+    assert!(excluded.get::<_, bool>(1));
+    // The other year's Kommo data is soft-deleted and archived, not removed.
+    let old = c
+        .query_one("SELECT is_active FROM bookings WHERE source_payload_id = 'kommo:999'", &[])
+        .await
+        .unwrap();
+    assert!(!old.get::<_, bool>(0));
+    let old_lead = c
+        .query_one("SELECT archived_at IS NOT NULL FROM sales_leads WHERE lead_code = '999'", &[])
+        .await
+        .unwrap();
+    assert!(old_lead.get::<_, bool>(0));
+    // Manual bookings are not Kommo's to touch.
+    let manual = c
+        .query_one("SELECT is_active FROM bookings WHERE external_code = 'MAN-1'", &[])
+        .await
+        .unwrap();
+    assert!(manual.get::<_, bool>(0));
+    // Booking fields, client link, vehicle and its primary link.
+    let b = c
+        .query_one(
+            "SELECT b.created_by, b.status, b.kommo_status_id, b.source, b.start_at, b.end_at,
+                    cl.kommo_contact_id, v.kommo_vehicle_id, v.name, bv.\"primary\", b.total_amount::text
+               FROM bookings b
+               JOIN clients cl ON cl.id = b.client_id
+               JOIN vehicles v ON v.id = b.vehicle_id
+               JOIN booking_vehicles bv ON bv.booking_id = b.id AND bv.vehicle_id = v.id
+              WHERE b.source_payload_id = 'kommo:1000'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(b.get::<_, String>(0), "system-kommo");
+    assert_eq!(b.get::<_, String>(1), "confirmed");
+    assert_eq!(b.get::<_, Option<i64>>(2), Some(67548619));
+    assert_eq!(b.get::<_, Option<String>>(3).as_deref(), Some("Instagram"));
+    assert_eq!(b.get::<_, Option<chrono::DateTime<Utc>>>(4), ts(2025, 4, 1));
+    assert_eq!(b.get::<_, Option<chrono::DateTime<Utc>>>(5), ts(2025, 4, 5));
+    assert_eq!(b.get::<_, Option<i64>>(6), Some(50));
+    assert_eq!(b.get::<_, Option<i64>>(7), Some(3001001));
+    assert_eq!(b.get::<_, String>(8), "Vehicle 3001001");
+    assert!(b.get::<_, bool>(9));
+    assert_eq!(b.get::<_, Option<String>>(10).as_deref(), Some("1200.00"));
+    assert_eq!(db.count("clients").await, 2);
+    assert_eq!(db.count("integrations_outbox").await, outbox_before);
+
+    // A second run over the same data gives the same result.
+    let first = snapshot(&db).await;
+    let run2 = running_run(&db, 2025).await;
+    stage(&db, run2, &page(3), StagingMethod::RowInserts).await;
+    assert!(matches!(run_swap(&db, run2).await, SwapOutcome::Succeeded(_)));
+    assert_eq!(snapshot(&db).await, first);
+    assert_eq!(db.count("integrations_outbox").await, outbox_before);
+}
+
+#[tokio::test]
+async fn outbox_writes_by_triggers_are_suppressed_during_the_swap_only() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    // A trigger that enqueues Zoho work for every new booking, as a later
+    // change might add: the swap must still add no outbox rows.
+    c.batch_execute(
+        "CREATE FUNCTION enqueue_booking() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           INSERT INTO integrations_outbox (entity_type, entity_id, target_system, event_type, dedupe_key)
+           VALUES ('booking', NEW.id, 'zoho', 'sales_order.create', 'so:' || NEW.id);
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER enqueue_booking AFTER INSERT ON bookings
+           FOR EACH ROW EXECUTE FUNCTION enqueue_booking();",
+    )
+    .await
+    .unwrap();
+    let run_id = running_run(&db, 2025).await;
+    stage(&db, run_id, &page(3), StagingMethod::BinaryCopy).await;
+    assert!(matches!(run_swap(&db, run_id).await, SwapOutcome::Succeeded(_)));
+    assert_eq!(db.count("bookings").await, 3);
+    assert_eq!(db.count("integrations_outbox").await, 0);
+    // Outside the swap the same trigger works as usual.
+    c.execute(
+        "INSERT INTO bookings (external_code, channel, created_by, manual_created_by) VALUES ('M', 'manual', 's', 's')",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(db.count("integrations_outbox").await, 1);
+}
+
+#[tokio::test]
+async fn a_drop_of_more_than_30_percent_needs_review_and_leaves_production_alone() {
+    let db = TestDb::new().await;
+    let run1 = running_run(&db, 2025).await;
+    stage(&db, run1, &page(9), StagingMethod::BinaryCopy).await; // 10 leads
+    assert!(matches!(run_swap(&db, run1).await, SwapOutcome::Succeeded(_)));
+    let before = dump_production(&db).await;
+
+    let run2 = running_run(&db, 2025).await;
+    stage(&db, run2, &page(5), StagingMethod::BinaryCopy).await; // 6 leads: a 40% drop
+    let outcome = run_swap(&db, run2).await;
+    assert_eq!(outcome, SwapOutcome::NeedsReview { leads: 6, previous: 10 });
+    let (status, error, _) = status_of(&db, run2).await;
+    assert_eq!(status, "needs_review");
+    assert!(error.unwrap().contains("drop"));
+    assert_eq!(dump_production(&db).await, before);
+    // Staging is kept for inspection.
+    let c = db.client().await;
+    let staged: i64 = c
+        .query_one("SELECT count(*) FROM stg_kommo_leads WHERE run_id = $1", &[&run2])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(staged, 6);
+
+    // A 30% drop exactly is still fine; another year is not compared.
+    let run3 = running_run(&db, 2025).await;
+    stage(&db, run3, &page(6), StagingMethod::BinaryCopy).await; // 7 leads
+    assert!(matches!(run_swap(&db, run3).await, SwapOutcome::Succeeded(_)));
+    let run4 = running_run(&db, 2024).await;
+    stage(&db, run4, &page(0), StagingMethod::BinaryCopy).await; // 1 lead
+    assert!(matches!(run_swap(&db, run4).await, SwapOutcome::Succeeded(_)));
+}
+
+#[tokio::test]
+async fn zero_leads_fail_the_run_without_touching_production() {
+    let db = TestDb::new().await;
+    seed_production(&db).await;
+    let before = dump_production(&db).await;
+    let run_id = running_run(&db, 2025).await;
+    assert_eq!(run_swap(&db, run_id).await, SwapOutcome::NoLeads);
+    let (status, error, _) = status_of(&db, run_id).await;
+    assert_eq!(status, "failed");
+    assert!(error.unwrap().contains("no leads"));
+    assert_eq!(dump_production(&db).await, before);
+}
+
+#[tokio::test]
+async fn an_error_in_the_swap_rolls_everything_back() {
+    let db = TestDb::new().await;
+    seed_production(&db).await;
+    let c = db.client().await;
+    // Fails the last write of the swap, after every other step has run.
+    c.batch_execute(
+        "CREATE FUNCTION refuse_link() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'link refused by test'; END $$;
+         CREATE TRIGGER refuse_link BEFORE INSERT ON booking_vehicles
+           FOR EACH ROW EXECUTE FUNCTION refuse_link();",
+    )
+    .await
+    .unwrap();
+    let before = dump_production(&db).await;
+    let run_id = running_run(&db, 2025).await;
+    stage(&db, run_id, &page(3), StagingMethod::BinaryCopy).await;
+    let mut conn = db.client().await;
+    let err = swap(&mut conn, run_id, &RefreshSettings::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("database error"), "{err}");
+    assert_eq!(dump_production(&db).await, before);
+    let (status, _, _) = status_of(&db, run_id).await;
+    assert_eq!(status, "running", "the caller records the failure");
+    assert_eq!(RunStatus::parse(&status), Some(RunStatus::Running));
+}
+
+#[tokio::test]
+async fn newer_webhook_changes_are_not_rolled_back_by_the_snapshot() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    // The webhook applied a Kommo change made after the staged snapshot.
+    c.execute(
+        "INSERT INTO bookings (source_payload_id, channel, created_by, kommo_lead_id, status, kommo_updated_at, title)
+         VALUES ('kommo:1000', 'Kommo', 'system-kommo', 1000, 'completed', '2025-03-10Z', 'Newer')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let run_id = running_run(&db, 2025).await;
+    stage(&db, run_id, &page(2), StagingMethod::BinaryCopy).await;
+    assert!(matches!(run_swap(&db, run_id).await, SwapOutcome::Succeeded(_)));
+    let r = c
+        .query_one(
+            "SELECT status, title, is_active FROM bookings WHERE source_payload_id = 'kommo:1000'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.get::<_, String>(0), "completed");
+    assert_eq!(r.get::<_, Option<String>>(1).as_deref(), Some("Newer"));
+    assert!(r.get::<_, bool>(2));
+}
+
+#[tokio::test]
+async fn copy_and_row_inserts_stage_identical_rows_and_cleanup_keeps_the_last_runs() {
+    let db = TestDb::new().await;
+    let mut ids = Vec::new();
+    for method in [StagingMethod::BinaryCopy, StagingMethod::RowInserts] {
+        let run_id = running_run(&db, 2025).await;
+        let mut p = page(3);
+        p.leads[1].name = None;
+        p.leads[1].start_at = None;
+        p.contacts[1].email = None;
+        stage(&db, run_id, &p, method).await;
+        assert!(matches!(run_swap(&db, run_id).await, SwapOutcome::Succeeded(_)));
+        ids.push(run_id);
+    }
+    let c = db.client().await;
+    let dump = |run: Uuid| {
+        let c = &c;
+        async move {
+            let mut out = Vec::new();
+            for t in ["stg_kommo_leads", "stg_kommo_contacts", "stg_kommo_booking_vehicles"] {
+                let rows = c
+                    .query(
+                        &format!(
+                            "SELECT coalesce(string_agg((to_jsonb(t) - 'run_id')::text, E'\\n' ORDER BY (to_jsonb(t) - 'run_id')::text), '')
+                               FROM {t} t WHERE run_id = $1"
+                        ),
+                        &[&run],
+                    )
+                    .await
+                    .unwrap();
+                out.push(rows[0].get::<_, String>(0));
+            }
+            out
+        }
+    };
+    let a = dump(ids[0]).await;
+    assert!(!a[0].is_empty());
+    assert_eq!(a, dump(ids[1]).await);
+
+    let removed = staging::cleanup(&*c, 1).await.unwrap();
+    assert!(removed > 0);
+    let left: Vec<Uuid> = c
+        .query("SELECT DISTINCT run_id FROM stg_kommo_leads", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, vec![ids[1]], "only the newest successful run keeps its staging");
+}

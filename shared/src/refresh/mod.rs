@@ -1,0 +1,53 @@
+//! The Kommo full refresh: a push-button, resumable, all-or-nothing import of
+//! one year of leads (seed `001`).
+//!
+//! The HTTP side only creates a run ([`runs`]) and queues a job ([`job`]);
+//! the SQS worker ([`worker`]) pages Kommo into the `stg_kommo_*` tables with
+//! binary `COPY` ([`staging`]), checkpointing so a run spans as many Lambda
+//! invocations as it needs, then replaces the Kommo-derived production rows
+//! in one transaction ([`swap`]). Failed or suspicious runs raise a Slack
+//! alert ([`alert`]). Everything here runs without Lambda, so tests and the
+//! benchmark drive it in-process.
+
+pub mod alert;
+pub mod job;
+pub mod runs;
+pub mod settings;
+pub mod staging;
+pub mod swap;
+pub mod worker;
+
+pub use alert::Alerter;
+pub use job::{Deadline, JobMessage, JobQueue, MemoryQueue};
+pub use runs::{RunRecord, RunStatus, StartOutcome};
+pub use settings::{RefreshSettings, StagingMethod};
+pub use worker::{run_to_completion, Checkpoint, JobOutcome, Worker};
+
+use crate::db::DbError;
+
+/// Why a refresh step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("could not queue the full-refresh job: {0}")]
+    Queue(String),
+    #[error("full-refresh run {0} does not exist")]
+    UnknownRun(uuid::Uuid),
+    #[error(transparent)]
+    Mapping(#[from] crate::kommo::MappingError),
+    #[error("full-refresh state is inconsistent: {0}")]
+    Internal(String),
+}
+
+impl From<tokio_postgres::Error> for RefreshError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        RefreshError::Db(DbError::Postgres(e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for RefreshError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        RefreshError::Db(DbError::Pool(e))
+    }
+}

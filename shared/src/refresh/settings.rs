@@ -1,0 +1,141 @@
+//! Settings of the full refresh. The common ones come from [`Config`]; the
+//! few only the refresh uses are read here, with the same collect-every-
+//! problem behaviour, so `shared::config` stays the foundation's.
+
+use std::time::Duration;
+
+use crate::config::{Config, ConfigError, YearBounds};
+
+/// How staged rows reach Postgres. Binary `COPY` is the real path; one
+/// `INSERT` per row exists only so the benchmark can measure the difference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StagingMethod {
+    BinaryCopy,
+    RowInserts,
+}
+
+#[derive(Debug, Clone)]
+pub struct RefreshSettings {
+    /// Leads per Kommo page (Kommo caps it at 250).
+    pub page_limit: u32,
+    /// When less than this is left before the Lambda deadline, the worker
+    /// checkpoints and queues a continuation instead of fetching another page.
+    pub deadline_margin: Duration,
+    /// A queued or running run with no progress for this long is treated as
+    /// abandoned (its worker died), so a new start is not refused forever.
+    pub stale_after: Duration,
+    /// A run whose lead count drops by more than this fraction against the
+    /// last successful run of the same year is held as `needs_review`.
+    pub max_drop: f64,
+    /// Staging of this many most recent successful runs is kept.
+    pub keep_runs: i64,
+    pub year_bounds: YearBounds,
+    pub default_year: Option<i32>,
+    pub staging: StagingMethod,
+    /// `pg_try_advisory_lock` key held by the one worker allowed to run.
+    pub lock_key: i64,
+}
+
+impl Default for RefreshSettings {
+    fn default() -> Self {
+        RefreshSettings {
+            page_limit: 250,
+            deadline_margin: Duration::from_secs(60),
+            stale_after: Duration::from_secs(30 * 60),
+            max_drop: 0.30,
+            keep_runs: 3,
+            year_bounds: YearBounds::Utc,
+            default_year: None,
+            staging: StagingMethod::BinaryCopy,
+            lock_key: 90_901,
+        }
+    }
+}
+
+impl RefreshSettings {
+    pub fn from_env(cfg: &Config) -> Result<Self, ConfigError> {
+        Self::from_lookup(cfg, |k| std::env::var(k).ok())
+    }
+
+    /// `FULL_REFRESH_PAGE_LIMIT`, `FULL_REFRESH_DEADLINE_MARGIN_MS`,
+    /// `FULL_REFRESH_STALE_AFTER_SECONDS`, `FULL_REFRESH_MAX_DROP_PERCENT`,
+    /// plus the year and keep-runs settings of [`Config`].
+    pub fn from_lookup(
+        cfg: &Config,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let mut num = |key: &str, default: u64| -> u64 {
+            match lookup(key).map(|v| v.trim().to_string()) {
+                None => default,
+                Some(v) if v.is_empty() => default,
+                Some(v) => v.parse().unwrap_or_else(|_| {
+                    problems.push(format!("{key} is not a valid non-negative integer"));
+                    default
+                }),
+            }
+        };
+        let page_limit = num("FULL_REFRESH_PAGE_LIMIT", 250);
+        let margin_ms = num("FULL_REFRESH_DEADLINE_MARGIN_MS", 60_000);
+        let stale_s = num("FULL_REFRESH_STALE_AFTER_SECONDS", 1_800);
+        let drop_pct = num("FULL_REFRESH_MAX_DROP_PERCENT", 30);
+        if !(1..=250).contains(&page_limit) {
+            problems.push("FULL_REFRESH_PAGE_LIMIT must be 1..=250".to_string());
+        }
+        if drop_pct > 100 {
+            problems.push("FULL_REFRESH_MAX_DROP_PERCENT must be 0..=100".to_string());
+        }
+        if cfg.full_refresh_keep_runs < 1 {
+            problems.push("FULL_REFRESH_KEEP_RUNS must be at least 1".to_string());
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        Ok(RefreshSettings {
+            page_limit: page_limit as u32,
+            deadline_margin: Duration::from_millis(margin_ms),
+            stale_after: Duration::from_secs(stale_s),
+            max_drop: drop_pct as f64 / 100.0,
+            keep_runs: cfg.full_refresh_keep_runs,
+            year_bounds: cfg.full_refresh_year_bounds,
+            default_year: cfg.full_refresh_default_year,
+            ..RefreshSettings::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> Config {
+        Config::from_lookup(&[], |k| (k == "DATABASE_URL").then(|| "postgres://x".into())).unwrap()
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let s = RefreshSettings::from_lookup(&cfg(), |_| None).unwrap();
+        assert_eq!(s.page_limit, 250);
+        assert_eq!(s.deadline_margin, Duration::from_secs(60));
+        assert!((s.max_drop - 0.30).abs() < 1e-9);
+        let s = RefreshSettings::from_lookup(&cfg(), |k| match k {
+            "FULL_REFRESH_DEADLINE_MARGIN_MS" => Some("5".into()),
+            "FULL_REFRESH_MAX_DROP_PERCENT" => Some("50".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(s.deadline_margin, Duration::from_millis(5));
+        assert!((s.max_drop - 0.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn bad_values_are_all_reported() {
+        let err = RefreshSettings::from_lookup(&cfg(), |k| match k {
+            "FULL_REFRESH_PAGE_LIMIT" => Some("400".into()),
+            "FULL_REFRESH_STALE_AFTER_SECONDS" => Some("soon".into()),
+            _ => None,
+        })
+        .unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+    }
+}

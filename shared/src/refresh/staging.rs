@@ -1,0 +1,311 @@
+//! The staging tables: one page of mapped rows at a time, loaded with binary
+//! `COPY` so memory stays at one page whatever the account's size.
+//!
+//! A page and the run's checkpoint are written in the same transaction by
+//! the worker, so staging always matches the checkpoint: a page is either
+//! staged and counted, or neither.
+
+use std::pin::pin;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::ToSql, types::Type, Transaction};
+use uuid::Uuid;
+
+use super::{settings::StagingMethod, RefreshError};
+
+/// A lead as the mapping left it, ready for `stg_kommo_leads`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagedLead {
+    pub lead_id: i64,
+    /// The lead as Kommo sent it, for troubleshooting.
+    pub payload: Value,
+    pub contact_id: Option<i64>,
+    pub vehicle_enum_id: Option<i64>,
+    pub source_enum_id: Option<i64>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+    pub name: Option<String>,
+    pub status_id: i64,
+    pub pipeline_id: Option<i64>,
+    pub price: Option<i64>,
+    pub responsible_user_id: Option<i64>,
+    pub owner_id: Option<Uuid>,
+    pub booking_status: String,
+    /// Excluded statuses go to `sales_leads` only.
+    pub excluded: bool,
+    pub start_at: Option<DateTime<Utc>>,
+    pub end_at: Option<DateTime<Utc>>,
+    pub lead_source: Option<String>,
+    pub closed_at: Option<DateTime<Utc>>,
+}
+
+/// A contact as the mapping left it, ready for `stg_kommo_contacts`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagedContact {
+    pub contact_id: i64,
+    pub payload: Value,
+    pub full_name: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub phone_normalized: Option<String>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// A lead's vehicle, ready for `stg_kommo_booking_vehicles`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagedVehicle {
+    pub lead_id: i64,
+    pub vehicle_enum_id: i64,
+    pub vehicle_name: Option<String>,
+    pub is_primary: bool,
+}
+
+/// One page worth of rows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StagedPage {
+    pub leads: Vec<StagedLead>,
+    pub contacts: Vec<StagedContact>,
+    pub vehicles: Vec<StagedVehicle>,
+}
+
+const LEAD_COLUMNS: &str = "run_id, lead_id, payload, contact_id, vehicle_enum_id, source_enum_id, \
+     created_at, updated_at, name, status_id, pipeline_id, price, responsible_user_id, owner_id, \
+     booking_status, excluded, start_at, end_at, lead_source, closed_at";
+const LEAD_TYPES: [Type; 20] = [
+    Type::UUID,
+    Type::INT8,
+    Type::JSONB,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::UUID,
+    Type::TEXT,
+    Type::BOOL,
+    Type::TIMESTAMPTZ,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+];
+
+const CONTACT_COLUMNS: &str = "run_id, contact_id, payload, full_name, first_name, last_name, \
+     email, phone, phone_normalized, updated_at";
+const CONTACT_TYPES: [Type; 10] = [
+    Type::UUID,
+    Type::INT8,
+    Type::JSONB,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TIMESTAMPTZ,
+];
+
+const VEHICLE_COLUMNS: &str = "run_id, lead_id, vehicle_enum_id, vehicle_name, is_primary";
+const VEHICLE_TYPES: [Type; 5] = [Type::UUID, Type::INT8, Type::INT8, Type::TEXT, Type::BOOL];
+
+fn lead_values<'a>(run_id: &'a Uuid, l: &'a StagedLead) -> [&'a (dyn ToSql + Sync); 20] {
+    [
+        run_id,
+        &l.lead_id,
+        &l.payload,
+        &l.contact_id,
+        &l.vehicle_enum_id,
+        &l.source_enum_id,
+        &l.created_at,
+        &l.updated_at,
+        &l.name,
+        &l.status_id,
+        &l.pipeline_id,
+        &l.price,
+        &l.responsible_user_id,
+        &l.owner_id,
+        &l.booking_status,
+        &l.excluded,
+        &l.start_at,
+        &l.end_at,
+        &l.lead_source,
+        &l.closed_at,
+    ]
+}
+
+fn contact_values<'a>(run_id: &'a Uuid, c: &'a StagedContact) -> [&'a (dyn ToSql + Sync); 10] {
+    [
+        run_id,
+        &c.contact_id,
+        &c.payload,
+        &c.full_name,
+        &c.first_name,
+        &c.last_name,
+        &c.email,
+        &c.phone,
+        &c.phone_normalized,
+        &c.updated_at,
+    ]
+}
+
+fn vehicle_values<'a>(run_id: &'a Uuid, v: &'a StagedVehicle) -> [&'a (dyn ToSql + Sync); 5] {
+    [
+        run_id,
+        &v.lead_id,
+        &v.vehicle_enum_id,
+        &v.vehicle_name,
+        &v.is_primary,
+    ]
+}
+
+/// Streams rows into `table` with `COPY … (FORMAT binary)`.
+async fn copy_rows<'a, T: 'a, const N: usize>(
+    tx: &Transaction<'_>,
+    table: &str,
+    columns: &str,
+    types: &[Type; N],
+    run_id: &'a Uuid,
+    rows: &'a [T],
+    values: impl Fn(&'a Uuid, &'a T) -> [&'a (dyn ToSql + Sync); N],
+) -> Result<u64, RefreshError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
+        ))
+        .await?;
+    let mut writer = pin!(BinaryCopyInWriter::new(sink, types));
+    for row in rows {
+        writer.as_mut().write(&values(run_id, row)).await?;
+    }
+    Ok(writer.finish().await?)
+}
+
+/// One `INSERT` per row: the slow baseline the benchmark compares against.
+async fn insert_rows<'a, T: 'a, const N: usize>(
+    tx: &Transaction<'_>,
+    table: &str,
+    columns: &str,
+    run_id: &'a Uuid,
+    rows: &'a [T],
+    values: impl Fn(&'a Uuid, &'a T) -> [&'a (dyn ToSql + Sync); N],
+) -> Result<u64, RefreshError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let placeholders: Vec<String> = (1..=N).map(|i| format!("${i}")).collect();
+    let stmt = tx
+        .prepare(&format!(
+            "INSERT INTO {table} ({columns}) VALUES ({})",
+            placeholders.join(", ")
+        ))
+        .await?;
+    let mut n = 0;
+    for row in rows {
+        n += tx.execute(&stmt, &values(run_id, row)).await?;
+    }
+    Ok(n)
+}
+
+/// Writes one page of rows into the three staging tables.
+pub async fn stage_page(
+    tx: &Transaction<'_>,
+    run_id: Uuid,
+    page: &StagedPage,
+    method: StagingMethod,
+) -> Result<(), RefreshError> {
+    match method {
+        StagingMethod::BinaryCopy => {
+            copy_rows(
+                tx,
+                "stg_kommo_leads",
+                LEAD_COLUMNS,
+                &LEAD_TYPES,
+                &run_id,
+                &page.leads,
+                lead_values,
+            )
+            .await?;
+            copy_rows(
+                tx,
+                "stg_kommo_contacts",
+                CONTACT_COLUMNS,
+                &CONTACT_TYPES,
+                &run_id,
+                &page.contacts,
+                contact_values,
+            )
+            .await?;
+            copy_rows(
+                tx,
+                "stg_kommo_booking_vehicles",
+                VEHICLE_COLUMNS,
+                &VEHICLE_TYPES,
+                &run_id,
+                &page.vehicles,
+                vehicle_values,
+            )
+            .await?;
+        }
+        StagingMethod::RowInserts => {
+            insert_rows(
+                tx,
+                "stg_kommo_leads",
+                LEAD_COLUMNS,
+                &run_id,
+                &page.leads,
+                lead_values,
+            )
+            .await?;
+            insert_rows(
+                tx,
+                "stg_kommo_contacts",
+                CONTACT_COLUMNS,
+                &run_id,
+                &page.contacts,
+                contact_values,
+            )
+            .await?;
+            insert_rows(
+                tx,
+                "stg_kommo_booking_vehicles",
+                VEHICLE_COLUMNS,
+                &run_id,
+                &page.vehicles,
+                vehicle_values,
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Deletes staging of successful runs except the `keep` most recent ones.
+/// Failed and held runs keep theirs for inspection.
+pub async fn cleanup(client: &impl tokio_postgres::GenericClient, keep: i64) -> Result<u64, RefreshError> {
+    let old = "SELECT id FROM kommo_import_runs WHERE status = 'succeeded'
+                ORDER BY finished_at DESC NULLS LAST, started_at DESC OFFSET $1";
+    let mut n = 0;
+    for table in [
+        "stg_kommo_booking_vehicles",
+        "stg_kommo_contacts",
+        "stg_kommo_leads",
+    ] {
+        n += client
+            .execute(
+                &format!("DELETE FROM {table} WHERE run_id IN ({old})"),
+                &[&keep.max(1)],
+            )
+            .await?;
+    }
+    Ok(n)
+}
