@@ -7,8 +7,8 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    run(service_fn(|event: LambdaEvent<serde_json::Value>| async move {
-        Ok::<_, Error>(event.payload)
-    }))
+    run(service_fn(
+        |event: LambdaEvent<serde_json::Value>| async move { Ok::<_, Error>(event.payload) },
+    ))
     .await
 }

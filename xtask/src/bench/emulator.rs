@@ -6,8 +6,12 @@
 //! arrives is the end of the cold start. The request is then held open, as
 //! Lambda does while no event is waiting, until the benchmark stops the
 //! process. An init failure (`POST …/runtime/init/error`) is reported too.
+//!
+//! Functions that read a secret at init get it from the same server, which
+//! answers Secrets Manager's `GetSecretValue` at once: the cold-start target
+//! excludes the network, and a local answer costs a loopback round trip.
 
-use std::{net::SocketAddr, time::Instant};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Instant};
 
 use anyhow::{Context, Result};
 use tokio::{
@@ -37,7 +41,9 @@ impl Drop for Emulator {
 }
 
 impl Emulator {
-    pub async fn start() -> Result<Self> {
+    /// `secrets` maps secret ids to the `SecretString` to answer.
+    pub async fn start(secrets: HashMap<String, String>) -> Result<Self> {
+        let secrets = Arc::new(secrets);
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .context("bind the runtime emulator")?;
@@ -46,8 +52,9 @@ impl Emulator {
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let tx = tx.clone();
+                let secrets = secrets.clone();
                 tokio::spawn(async move {
-                    let _ = serve(stream, tx).await;
+                    let _ = serve(stream, tx, &secrets).await;
                 });
             }
         });
@@ -59,13 +66,22 @@ impl Emulator {
         self.addr.to_string()
     }
 
+    /// The value for `AWS_ENDPOINT_URL_SECRETS_MANAGER`.
+    pub fn secrets_endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     /// Forgets calls left over from an earlier process.
     pub fn clear(&mut self) {
         while self.calls.try_recv().is_ok() {}
     }
 }
 
-async fn serve(mut stream: TcpStream, tx: mpsc::UnboundedSender<RuntimeCall>) -> Result<()> {
+async fn serve(
+    mut stream: TcpStream,
+    tx: mpsc::UnboundedSender<RuntimeCall>,
+    secrets: &HashMap<String, String>,
+) -> Result<()> {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
@@ -96,11 +112,8 @@ async fn serve(mut stream: TcpStream, tx: mpsc::UnboundedSender<RuntimeCall>) ->
         return Ok(());
     }
 
-    let length = head
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+    let length = header(&head, "content-length")
+        .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(0)
         .min(1024 * 1024);
     let mut body = buf[head_end..].to_vec();
@@ -111,19 +124,59 @@ async fn serve(mut stream: TcpStream, tx: mpsc::UnboundedSender<RuntimeCall>) ->
         }
         body.extend_from_slice(&chunk[..n]);
     }
-    if method == "POST" && path.ends_with("/runtime/init/error") {
+    let target = header(&head, "x-amz-target").unwrap_or_default();
+    if method == "POST" && target == "secretsmanager.GetSecretValue" {
+        let id = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["SecretId"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        let (status, answer) = match secrets.get(&id) {
+            Some(text) => (
+                "200 OK",
+                serde_json::json!({
+                    "ARN": format!("arn:aws:secretsmanager:us-east-1:000000000000:secret:{id}-AbCdEf"),
+                    "Name": id,
+                    "VersionId": "00000000-0000-4000-8000-000000000001",
+                    "SecretString": text,
+                    "VersionStages": ["AWSCURRENT"],
+                    "CreatedDate": 1_795_000_000.0,
+                }),
+            ),
+            None => (
+                "400 Bad Request",
+                serde_json::json!({
+                    "__type": "ResourceNotFoundException",
+                    "message": "Secrets Manager can't find the specified secret.",
+                }),
+            ),
+        };
+        let text = answer.to_string();
+        let reply = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/x-amz-json-1.1\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{text}",
+            text.len()
+        );
+        stream.write_all(reply.as_bytes()).await?;
+    } else if method == "POST" && path.ends_with("/runtime/init/error") {
         let _ = tx.send(RuntimeCall::InitError(
             String::from_utf8_lossy(&body).into_owned(),
         ));
         stream
-            .write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
+            .write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
             .await?;
     } else {
         stream
-            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+            .write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
             .await?;
     }
     Ok(())
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim())
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -136,7 +189,7 @@ mod tests {
 
     #[tokio::test]
     async fn next_is_reported_and_held_open_and_init_errors_are_answered() {
-        let mut emu = Emulator::start().await.unwrap();
+        let mut emu = Emulator::start(HashMap::new()).await.unwrap();
         let mut s = TcpStream::connect(emu.addr).await.unwrap();
         s.write_all(b"GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nhost: x\r\n\r\n")
             .await

@@ -9,7 +9,10 @@
 
 mod cold_start;
 mod emulator;
+mod outbox;
+mod processor;
 mod receiver;
+mod refresh;
 mod table;
 
 use std::{
@@ -66,6 +69,9 @@ pub struct BenchArgs {
     /// Where to write the JSON table (default target/bench/latest.json).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Internal: run one full refresh as the measured child process.
+    #[arg(long, hide = true)]
+    pub child_refresh: Option<String>,
 }
 
 /// How big each scenario runs.
@@ -137,7 +143,12 @@ const BUILD_PACKAGES: &[&str] = &[
 
 fn build(release: bool) -> Result<Binaries> {
     let mut cmd = crate::cargo();
-    cmd.args(["build", "--locked", "--bins", "--message-format=json-render-diagnostics"]);
+    cmd.args([
+        "build",
+        "--locked",
+        "--bins",
+        "--message-format=json-render-diagnostics",
+    ]);
     if release {
         cmd.arg("--release");
     }
@@ -254,6 +265,9 @@ fn prepare_stack() -> Result<()> {
 
 /// `cargo xtask bench`.
 pub fn run(args: BenchArgs) -> Result<()> {
+    if let Some(spec) = &args.child_refresh {
+        return refresh::child_main(spec);
+    }
     let release = !args.smoke && !args.debug;
     if release && cfg!(debug_assertions) {
         return hand_over_to_release();
@@ -284,6 +298,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 /// The smoke benchmark, for `cargo xtask test`: small sizes on the debug
 /// build, against the PostgreSQL admin URL and AWS settings given.
+// `cargo xtask test` calls this after the test suite.
+#[allow(dead_code)]
 pub fn run_smoke(admin_url: &str, aws_env: &[(String, String)]) -> Result<()> {
     std::env::set_var("DATABASE_URL", admin_url);
     for (k, v) in aws_env {
@@ -339,8 +355,10 @@ async fn run_scenarios(args: &BenchArgs, release: bool, bins: &Binaries) -> Resu
         eprintln!("\nxtask: ── bench {s:?} ──");
         let result = match s {
             Scenario::Receiver => receiver::run(&mut b).await,
+            Scenario::Processor => processor::run(&mut b).await,
+            Scenario::Outbox => outbox::run(&mut b).await,
+            Scenario::Refresh => refresh::run(&mut b).await,
             Scenario::ColdStart => cold_start::run(&mut b, bins).await,
-            other => Err(anyhow::anyhow!("{other:?} is not implemented yet")),
         };
         if let Err(e) = result {
             eprintln!("xtask: bench {s:?} failed: {e:#}");

@@ -266,9 +266,15 @@ mod tests {
 
     #[test]
     fn quantities_read_well() {
-        assert_eq!(Quantity::new(12_345.6, "leads/s").display(), "12,346 leads/s");
+        assert_eq!(
+            Quantity::new(12_345.6, "leads/s").display(),
+            "12,346 leads/s"
+        );
         assert_eq!(Quantity::new(4.4567, "ms").display(), "4.46 ms");
-        assert_eq!(Quantity::new(0.001, "calls/row").display(), "0.0010 calls/row");
+        assert_eq!(
+            Quantity::new(0.001, "calls/row").display(),
+            "0.0010 calls/row"
+        );
     }
 
     #[test]
