@@ -5,6 +5,9 @@
 //! stops what it started even when a step fails.
 
 mod bench;
+mod demo;
+mod dev;
+mod devstack;
 mod stack;
 
 use std::{
@@ -35,6 +38,23 @@ enum Task {
     },
     /// Applies the migrations to DATABASE_URL (or DB_SECRET_ID), as a deployment would.
     Migrate,
+    /// Runs the whole story end to end against the sandboxes, prints a summary and exits.
+    Demo,
+    /// Invokes every sample event in `events/` with `cargo lambda invoke` and checks the responses.
+    Events,
+    /// Runs the whole system locally (PostgreSQL, moto, sandboxes, cargo lambda watch, SQS pumps,
+    /// the one-minute schedule) until Ctrl-C.
+    Dev {
+        /// Port of `cargo lambda watch`.
+        #[arg(long, default_value_t = 9000)]
+        port: u16,
+        /// Seconds between outbox-drain schedule ticks.
+        #[arg(long, default_value_t = 60)]
+        tick_seconds: u64,
+        /// Leads in the Kommo sandbox.
+        #[arg(long, default_value_t = 300)]
+        leads: usize,
+    },
     /// Performance figures next to their baselines and limits (see docs/benchmarks.md).
     Bench(bench::BenchArgs),
 }
@@ -45,6 +65,17 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Test { args } => test(&args),
         Task::Migrate => migrate(),
+        Task::Demo => demo::demo(),
+        Task::Events => demo::events(),
+        Task::Dev {
+            port,
+            tick_seconds,
+            leads,
+        } => dev::run(dev::DevArgs {
+            port,
+            tick: std::time::Duration::from_secs(tick_seconds),
+            leads,
+        }),
         Task::Bench(args) => bench::run(args),
     };
     stack::cleanup_all();
@@ -57,14 +88,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn root() -> PathBuf {
+pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
 }
 
-fn workdir() -> Result<PathBuf> {
+pub fn workdir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join("kommo-zoho-xtask");
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     Ok(dir)

@@ -1,0 +1,168 @@
+//! The whole system on one machine: PostgreSQL, moto, the Kommo and Zoho
+//! sandboxes, queues and secrets provisioned in moto, migrations, flags and
+//! mapping seeds. `dev`, `demo` and the sample-event check all start from here.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::{Context, Result};
+use sandbox::{
+    kommo::{KommoOptions, KommoSandbox},
+    wiring::{self, ProvisionSpec, Provisioned},
+    zoho::{ZohoOptions, ZohoSandbox},
+};
+
+use crate::stack;
+
+pub struct DevOptions {
+    pub leads: usize,
+    pub contacts: usize,
+    pub kommo_port: u16,
+    pub zoho_port: u16,
+}
+
+impl Default for DevOptions {
+    fn default() -> Self {
+        DevOptions {
+            leads: 300,
+            contacts: 200,
+            kommo_port: 0,
+            zoho_port: 0,
+        }
+    }
+}
+
+pub struct DevStack {
+    pub db_url: String,
+    pub aws_endpoint: String,
+    pub kommo: KommoSandbox,
+    pub zoho: ZohoSandbox,
+    pub provisioned: Provisioned,
+    /// What was provisioned; the sample events in `events/` use its webhook token and JWT key.
+    pub spec: ProvisionSpec,
+    pub sdk: aws_config::SdkConfig,
+}
+
+impl DevStack {
+    /// Starts (or reuses, through `DATABASE_URL` / `AWS_ENDPOINT_URL`) every part.
+    pub async fn start(work: &Path, opts: DevOptions) -> Result<Self> {
+        let pg = stack::postgres(work)?;
+        let aws_endpoint = match std::env::var("AWS_ENDPOINT_URL") {
+            Ok(url) => url,
+            Err(_) => stack::moto(work)?,
+        };
+        for (k, v) in stack::aws_env(&aws_endpoint) {
+            // Only this process and its children; set before any SDK client is built.
+            std::env::set_var(k, v);
+        }
+
+        let kommo = KommoSandbox::start(KommoOptions {
+            leads: opts.leads,
+            contacts: opts.contacts,
+            port: opts.kommo_port,
+            ..KommoOptions::default()
+        })
+        .await
+        .context("start the Kommo sandbox")?;
+        let zoho = ZohoSandbox::start(ZohoOptions {
+            bind: std::net::SocketAddr::from(([127, 0, 0, 1], opts.zoho_port)),
+            ..ZohoOptions::default()
+        })
+        .await
+        .context("start the Zoho sandbox")?;
+
+        let mut client = shared::db::DbSettings::from_url(&pg.admin_url)
+            .context("DATABASE_URL")?
+            .connect()
+            .await
+            .context("connect to PostgreSQL")?;
+        shared::db::migrate(&mut client)
+            .await
+            .context("apply migrations")?;
+        seed(&client, &kommo).await?;
+
+        let sdk = wiring::aws_config_from_env().await;
+        let mut spec = ProvisionSpec::local("dev", &kommo.base_url(), &zoho.base_url());
+        spec.kommo.access_token = kommo.token().to_string();
+        spec.zoho.client_id = zoho.client_id();
+        spec.zoho.client_secret = zoho.client_secret();
+        spec.zoho.refresh_token = zoho.refresh_token();
+        // Failed deliveries come back quickly on one machine.
+        spec.max_receive_count = 3;
+        let provisioned = wiring::provision(&sdk, &spec)
+            .await
+            .context("provision queues and secrets in moto")?;
+
+        Ok(DevStack {
+            db_url: pg.admin_url,
+            aws_endpoint,
+            kommo,
+            zoho,
+            provisioned,
+            spec,
+            sdk,
+        })
+    }
+
+    /// Environment for the functions (config names as `shared::config` reads them).
+    pub fn function_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("DATABASE_URL".to_string(), self.db_url.clone()),
+            ("RUST_LOG".to_string(), "info".to_string()),
+            ("STAFF_ROLES".to_string(), "admin,ops".to_string()),
+            ("OUTBOX_BACKOFF_BASE_SECONDS".to_string(), "2".to_string()),
+            ("OUTBOX_BACKOFF_CAP_SECONDS".to_string(), "10".to_string()),
+            (
+                "ZOHO_PRODUCT_ID".to_string(),
+                "5725767000000649013".to_string(),
+            ),
+        ];
+        env.extend(stack::aws_env(&self.aws_endpoint));
+        env.extend(self.provisioned.env());
+        env
+    }
+
+    pub async fn db(&self) -> Result<tokio_postgres::Client> {
+        Ok(shared::db::DbSettings::from_url(&self.db_url)?
+            .connect()
+            .await?)
+    }
+}
+
+/// Flags on, and the sandbox's users mapped to staff accounts.
+async fn seed(client: &tokio_postgres::Client, kommo: &KommoSandbox) -> Result<()> {
+    for flag in ["enableKommoLive", "enableZohoLive"] {
+        shared::flags::set_flag(client, flag, true).await?;
+    }
+    for user in kommo.users() {
+        client
+            .execute(
+                "WITH s AS (
+                     INSERT INTO staff_accounts (email, full_name, role) VALUES ($1, $2, 'sales')
+                     ON CONFLICT (email) DO UPDATE SET full_name = excluded.full_name
+                     RETURNING id)
+                 INSERT INTO kommo_user_map (kommo_user_id, staff_account_id, kommo_user_name)
+                 SELECT $3, id, $2 FROM s
+                 ON CONFLICT (kommo_user_id) DO UPDATE SET staff_account_id = excluded.staff_account_id",
+                &[&user.email, &user.name, &user.id],
+            )
+            .await
+            .context("seed kommo_user_map")?;
+    }
+    Ok(())
+}
+
+/// Waits until `check` returns true or the timeout passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, mut check: F) -> Result<bool>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < timeout {
+        if check().await? {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(false)
+}
