@@ -148,7 +148,11 @@ impl HttpApp {
             })));
         }
         let year = self.year_of(req)?;
-        let mut client = self.pool.get().await.map_err(|e| db_unavailable(e.into()))?;
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| db_unavailable(e.into()))?;
         let outcome = runs::start_run(
             &mut client,
             self.queue.as_ref(),
@@ -230,7 +234,11 @@ impl HttpApp {
     async fn status(&self, id: &str) -> Result<ApiGatewayV2httpResponse, ApiError> {
         let id = Uuid::parse_str(id)
             .map_err(|_| ApiError::new(400, "invalid_run_id", "the run id is not a UUID"))?;
-        let client = self.pool.get().await.map_err(|e| db_unavailable(e.into()))?;
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| db_unavailable(e.into()))?;
         match runs::get_run(&**client, id).await.map_err(refresh_error)? {
             Some(run) => Ok(json_response(200, &run.to_json())),
             None => Err(ApiError::new(404, "not_found", "no such run")),
@@ -251,7 +259,11 @@ impl HttpApp {
                     ApiError::new(400, "invalid_limit", "limit must be a number from 1 to 100")
                 })?,
         };
-        let client = self.pool.get().await.map_err(|e| db_unavailable(e.into()))?;
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| db_unavailable(e.into()))?;
         let list = runs::list_runs(&**client, limit)
             .await
             .map_err(refresh_error)?;
@@ -279,11 +291,9 @@ fn refresh_error(e: RefreshError) -> ApiError {
 }
 
 pub fn json_response(status: u16, body: &Value) -> ApiGatewayV2httpResponse {
-    let mut resp = ApiGatewayV2httpResponse {
-        status_code: i64::from(status),
-        body: Some(Body::Text(body.to_string())),
-        ..Default::default()
-    };
+    let mut resp = ApiGatewayV2httpResponse::default();
+    resp.status_code = i64::from(status);
+    resp.body = Some(Body::Text(body.to_string()));
     resp.headers.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -303,7 +313,10 @@ mod tests {
             route("/integrations/kommo/full-refresh/abc"),
             Route::Run("abc".into())
         );
-        assert_eq!(route("/a/b/integrations/kommo/full-refresh"), Route::Unknown);
+        assert_eq!(
+            route("/a/b/integrations/kommo/full-refresh"),
+            Route::Unknown
+        );
         assert_eq!(route("/integrations/kommo"), Route::Unknown);
     }
 }

@@ -20,17 +20,15 @@ impl WorkerApp {
         for record in event.records {
             if !self.handle_record(&record, deadline).await {
                 if let Some(id) = record.message_id.clone() {
-                    failures.push(BatchItemFailure {
-                        item_identifier: id,
-                        ..Default::default()
-                    });
+                    let mut failure = BatchItemFailure::default();
+                    failure.item_identifier = id;
+                    failures.push(failure);
                 }
             }
         }
-        SqsBatchResponse {
-            batch_item_failures: failures,
-            ..Default::default()
-        }
+        let mut resp = SqsBatchResponse::default();
+        resp.batch_item_failures = failures;
+        resp
     }
 
     /// True when the record is done with (handled or not worth retrying).

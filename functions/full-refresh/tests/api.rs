@@ -317,7 +317,13 @@ async fn a_queue_outage_closes_the_run_so_the_next_start_is_not_blocked() {
     let app = http_app(&db, queue.clone());
     let admin = token("user-1", "admin");
     let resp = app
-        .handle(request("POST", "/integrations/kommo/full-refresh", "", Some(&admin), None))
+        .handle(request(
+            "POST",
+            "/integrations/kommo/full-refresh",
+            "",
+            Some(&admin),
+            None,
+        ))
         .await;
     assert_eq!(resp.status_code, 503);
     let c = db.client().await;
@@ -329,7 +335,13 @@ async fn a_queue_outage_closes_the_run_so_the_next_start_is_not_blocked() {
     assert_eq!(status, "failed");
     queue.fail.store(false, std::sync::atomic::Ordering::SeqCst);
     let resp = app
-        .handle(request("POST", "/integrations/kommo/full-refresh", "", Some(&admin), None))
+        .handle(request(
+            "POST",
+            "/integrations/kommo/full-refresh",
+            "",
+            Some(&admin),
+            None,
+        ))
         .await;
     assert_eq!(resp.status_code, 202);
 }

@@ -40,7 +40,11 @@ async fn start_status_and_list_events_work_against_the_dev_key() {
 
     let status: ApiGatewayV2httpRequest =
         serde_json::from_str(&event("full-refresh-status.json")).unwrap();
-    assert_eq!(app.handle(status).await.status_code, 404, "the sample run id is not in this database");
+    assert_eq!(
+        app.handle(status).await.status_code,
+        404,
+        "the sample run id is not in this database"
+    );
     let list: ApiGatewayV2httpRequest =
         serde_json::from_str(&event("full-refresh-list.json")).unwrap();
     let resp = app.handle(list).await;
@@ -50,7 +54,7 @@ async fn start_status_and_list_events_work_against_the_dev_key() {
 
 #[test]
 fn the_job_event_carries_a_valid_job_message() {
-    let ev: SqsEvent = serde_json::from_str(&event("full-refresh-job.json")).unwrap();
+    let ev: SqsEvent = serde_json::from_str(&event("full-refresh-worker-sqs.json")).unwrap();
     assert_eq!(ev.records.len(), 1);
     let job = JobMessage::parse(ev.records[0].body.as_deref().unwrap()).unwrap();
     assert_eq!(job.invocation, 0);

@@ -20,7 +20,13 @@ fn ts(y: i32, m: u32, d: u32) -> Option<chrono::DateTime<Utc>> {
     Utc.with_ymd_and_hms(y, m, d, 10, 0, 0).single()
 }
 
-fn lead(id: i64, status: i64, excluded: bool, contact: Option<i64>, vehicle: Option<i64>) -> StagedLead {
+fn lead(
+    id: i64,
+    status: i64,
+    excluded: bool,
+    contact: Option<i64>,
+    vehicle: Option<i64>,
+) -> StagedLead {
     StagedLead {
         lead_id: id,
         payload: json!({"id": id}),
@@ -35,7 +41,11 @@ fn lead(id: i64, status: i64, excluded: bool, contact: Option<i64>, vehicle: Opt
         price: Some(1200),
         responsible_user_id: Some(504141),
         owner_id: None,
-        booking_status: if excluded { "excluded".into() } else { "confirmed".into() },
+        booking_status: if excluded {
+            "excluded".into()
+        } else {
+            "confirmed".into()
+        },
         excluded,
         start_at: ts(2025, 4, 1),
         end_at: ts(2025, 4, 5),
@@ -70,7 +80,15 @@ fn vehicle(lead_id: i64, enum_id: i64) -> StagedVehicle {
 /// Three bookable leads (one with a vehicle), one excluded, two contacts.
 fn page(n_bookable: i64) -> StagedPage {
     let mut leads: Vec<StagedLead> = (0..n_bookable)
-        .map(|i| lead(1000 + i, 67548619, false, Some(50 + (i % 2)), (i == 0).then_some(3001001)))
+        .map(|i| {
+            lead(
+                1000 + i,
+                67548619,
+                false,
+                Some(50 + (i % 2)),
+                (i == 0).then_some(3001001),
+            )
+        })
         .collect();
     leads.push(lead(2000, 79790631, true, Some(50), None));
     let vehicles = vec![vehicle(1000, 3001001)];
@@ -102,13 +120,17 @@ async fn running_run(db: &TestDb, year: i32) -> Uuid {
 async fn stage(db: &TestDb, run_id: Uuid, page: &StagedPage, method: StagingMethod) {
     let mut c = db.client().await;
     let tx = c.transaction().await.unwrap();
-    staging::stage_page(&tx, run_id, page, method).await.unwrap();
+    staging::stage_page(&tx, run_id, page, method)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
 }
 
 async fn run_swap(db: &TestDb, run_id: Uuid) -> SwapOutcome {
     let mut c = db.client().await;
-    swap(&mut c, run_id, &RefreshSettings::default()).await.unwrap()
+    swap(&mut c, run_id, &RefreshSettings::default())
+        .await
+        .unwrap()
 }
 
 async fn status_of(db: &TestDb, run_id: Uuid) -> (String, Option<String>, i32) {
@@ -153,7 +175,16 @@ async fn swap_replaces_kommo_data_per_the_spec_and_adds_no_outbox_rows() {
     let SwapOutcome::Succeeded(counts) = outcome else {
         panic!("swap did not succeed: {outcome:?}");
     };
-    assert_eq!((counts.leads, counts.contacts, counts.vehicles, counts.bookings, counts.excluded), (4, 2, 1, 3, 1));
+    assert_eq!(
+        (
+            counts.leads,
+            counts.contacts,
+            counts.vehicles,
+            counts.bookings,
+            counts.excluded
+        ),
+        (4, 2, 1, 3, 1)
+    );
     let (status, error, leads) = status_of(&db, run_id).await;
     assert_eq!((status.as_str(), error, leads), ("succeeded", None, 4));
 
@@ -171,10 +202,13 @@ async fn swap_replaces_kommo_data_per_the_spec_and_adds_no_outbox_rows() {
     assert_eq!(active, vec!["kommo:1000", "kommo:1001", "kommo:1002"]);
     // The excluded lead is a sales lead only.
     assert_eq!(
-        c.query_one("SELECT count(*) FROM bookings WHERE kommo_lead_id = 2000", &[])
-            .await
-            .unwrap()
-            .get::<_, i64>(0),
+        c.query_one(
+            "SELECT count(*) FROM bookings WHERE kommo_lead_id = 2000",
+            &[]
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0),
         0
     );
     let excluded = c
@@ -188,18 +222,27 @@ async fn swap_replaces_kommo_data_per_the_spec_and_adds_no_outbox_rows() {
     assert!(excluded.get::<_, bool>(1));
     // The other year's Kommo data is soft-deleted and archived, not removed.
     let old = c
-        .query_one("SELECT is_active FROM bookings WHERE source_payload_id = 'kommo:999'", &[])
+        .query_one(
+            "SELECT is_active FROM bookings WHERE source_payload_id = 'kommo:999'",
+            &[],
+        )
         .await
         .unwrap();
     assert!(!old.get::<_, bool>(0));
     let old_lead = c
-        .query_one("SELECT archived_at IS NOT NULL FROM sales_leads WHERE lead_code = '999'", &[])
+        .query_one(
+            "SELECT archived_at IS NOT NULL FROM sales_leads WHERE lead_code = '999'",
+            &[],
+        )
         .await
         .unwrap();
     assert!(old_lead.get::<_, bool>(0));
     // Manual bookings are not Kommo's to touch.
     let manual = c
-        .query_one("SELECT is_active FROM bookings WHERE external_code = 'MAN-1'", &[])
+        .query_one(
+            "SELECT is_active FROM bookings WHERE external_code = 'MAN-1'",
+            &[],
+        )
         .await
         .unwrap();
     assert!(manual.get::<_, bool>(0));
@@ -235,7 +278,10 @@ async fn swap_replaces_kommo_data_per_the_spec_and_adds_no_outbox_rows() {
     let first = snapshot(&db).await;
     let run2 = running_run(&db, 2025).await;
     stage(&db, run2, &page(3), StagingMethod::RowInserts).await;
-    assert!(matches!(run_swap(&db, run2).await, SwapOutcome::Succeeded(_)));
+    assert!(matches!(
+        run_swap(&db, run2).await,
+        SwapOutcome::Succeeded(_)
+    ));
     assert_eq!(snapshot(&db).await, first);
     assert_eq!(db.count("integrations_outbox").await, outbox_before);
 }
@@ -260,7 +306,10 @@ async fn outbox_writes_by_triggers_are_suppressed_during_the_swap_only() {
     .unwrap();
     let run_id = running_run(&db, 2025).await;
     stage(&db, run_id, &page(3), StagingMethod::BinaryCopy).await;
-    assert!(matches!(run_swap(&db, run_id).await, SwapOutcome::Succeeded(_)));
+    assert!(matches!(
+        run_swap(&db, run_id).await,
+        SwapOutcome::Succeeded(_)
+    ));
     assert_eq!(db.count("bookings").await, 3);
     assert_eq!(db.count("integrations_outbox").await, 0);
     // Outside the swap the same trigger works as usual.
@@ -278,13 +327,22 @@ async fn a_drop_of_more_than_30_percent_needs_review_and_leaves_production_alone
     let db = TestDb::new().await;
     let run1 = running_run(&db, 2025).await;
     stage(&db, run1, &page(9), StagingMethod::BinaryCopy).await; // 10 leads
-    assert!(matches!(run_swap(&db, run1).await, SwapOutcome::Succeeded(_)));
+    assert!(matches!(
+        run_swap(&db, run1).await,
+        SwapOutcome::Succeeded(_)
+    ));
     let before = dump_production(&db).await;
 
     let run2 = running_run(&db, 2025).await;
     stage(&db, run2, &page(5), StagingMethod::BinaryCopy).await; // 6 leads: a 40% drop
     let outcome = run_swap(&db, run2).await;
-    assert_eq!(outcome, SwapOutcome::NeedsReview { leads: 6, previous: 10 });
+    assert_eq!(
+        outcome,
+        SwapOutcome::NeedsReview {
+            leads: 6,
+            previous: 10
+        }
+    );
     let (status, error, _) = status_of(&db, run2).await;
     assert_eq!(status, "needs_review");
     assert!(error.unwrap().contains("drop"));
@@ -292,7 +350,10 @@ async fn a_drop_of_more_than_30_percent_needs_review_and_leaves_production_alone
     // Staging is kept for inspection.
     let c = db.client().await;
     let staged: i64 = c
-        .query_one("SELECT count(*) FROM stg_kommo_leads WHERE run_id = $1", &[&run2])
+        .query_one(
+            "SELECT count(*) FROM stg_kommo_leads WHERE run_id = $1",
+            &[&run2],
+        )
         .await
         .unwrap()
         .get(0);
@@ -301,10 +362,16 @@ async fn a_drop_of_more_than_30_percent_needs_review_and_leaves_production_alone
     // A 30% drop exactly is still fine; another year is not compared.
     let run3 = running_run(&db, 2025).await;
     stage(&db, run3, &page(6), StagingMethod::BinaryCopy).await; // 7 leads
-    assert!(matches!(run_swap(&db, run3).await, SwapOutcome::Succeeded(_)));
+    assert!(matches!(
+        run_swap(&db, run3).await,
+        SwapOutcome::Succeeded(_)
+    ));
     let run4 = running_run(&db, 2024).await;
     stage(&db, run4, &page(0), StagingMethod::BinaryCopy).await; // 1 lead
-    assert!(matches!(run_swap(&db, run4).await, SwapOutcome::Succeeded(_)));
+    assert!(matches!(
+        run_swap(&db, run4).await,
+        SwapOutcome::Succeeded(_)
+    ));
 }
 
 #[tokio::test]
@@ -362,7 +429,10 @@ async fn newer_webhook_changes_are_not_rolled_back_by_the_snapshot() {
     .unwrap();
     let run_id = running_run(&db, 2025).await;
     stage(&db, run_id, &page(2), StagingMethod::BinaryCopy).await;
-    assert!(matches!(run_swap(&db, run_id).await, SwapOutcome::Succeeded(_)));
+    assert!(matches!(
+        run_swap(&db, run_id).await,
+        SwapOutcome::Succeeded(_)
+    ));
     let r = c
         .query_one(
             "SELECT status, title, is_active FROM bookings WHERE source_payload_id = 'kommo:1000'",
@@ -386,7 +456,10 @@ async fn copy_and_row_inserts_stage_identical_rows_and_cleanup_keeps_the_last_ru
         p.leads[1].start_at = None;
         p.contacts[1].email = None;
         stage(&db, run_id, &p, method).await;
-        assert!(matches!(run_swap(&db, run_id).await, SwapOutcome::Succeeded(_)));
+        assert!(matches!(
+            run_swap(&db, run_id).await,
+            SwapOutcome::Succeeded(_)
+        ));
         ids.push(run_id);
     }
     let c = db.client().await;
@@ -394,7 +467,11 @@ async fn copy_and_row_inserts_stage_identical_rows_and_cleanup_keeps_the_last_ru
         let c = &c;
         async move {
             let mut out = Vec::new();
-            for t in ["stg_kommo_leads", "stg_kommo_contacts", "stg_kommo_booking_vehicles"] {
+            for t in [
+                "stg_kommo_leads",
+                "stg_kommo_contacts",
+                "stg_kommo_booking_vehicles",
+            ] {
                 let rows = c
                     .query(
                         &format!(
@@ -414,7 +491,7 @@ async fn copy_and_row_inserts_stage_identical_rows_and_cleanup_keeps_the_last_ru
     assert!(!a[0].is_empty());
     assert_eq!(a, dump(ids[1]).await);
 
-    let removed = staging::cleanup(&*c, 1).await.unwrap();
+    let removed = staging::cleanup(&c, 1).await.unwrap();
     assert!(removed > 0);
     let left: Vec<Uuid> = c
         .query("SELECT DISTINCT run_id FROM stg_kommo_leads", &[])
@@ -423,5 +500,9 @@ async fn copy_and_row_inserts_stage_identical_rows_and_cleanup_keeps_the_last_ru
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(left, vec![ids[1]], "only the newest successful run keeps its staging");
+    assert_eq!(
+        left,
+        vec![ids[1]],
+        "only the newest successful run keeps its staging"
+    );
 }

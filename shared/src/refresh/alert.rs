@@ -18,7 +18,10 @@ use crate::{
 #[derive(Clone)]
 pub enum SlackTarget {
     None,
-    Secret { secrets: Arc<Secrets>, id: String },
+    Secret {
+        secrets: Arc<Secrets>,
+        id: String,
+    },
     /// A fixed URL (tests, the dev stack).
     Url(Redacted),
 }
@@ -60,13 +63,15 @@ impl Alerter {
         let url = match &self.target {
             SlackTarget::None => return false,
             SlackTarget::Url(u) => u.clone(),
-            SlackTarget::Secret { secrets, id } => match secrets.get_json::<SlackSecret>(id).await {
-                Ok(s) => s.webhook_url,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not read the Slack secret; no alert sent");
-                    return false;
+            SlackTarget::Secret { secrets, id } => {
+                match secrets.get_json::<SlackSecret>(id).await {
+                    Ok(s) => s.webhook_url,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not read the Slack secret; no alert sent");
+                        return false;
+                    }
                 }
-            },
+            }
         };
         let text = message(run);
         match self

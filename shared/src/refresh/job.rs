@@ -65,7 +65,10 @@ pub struct MemoryQueue {
 
 impl MemoryQueue {
     pub fn pop(&self) -> Option<JobMessage> {
-        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+        self.jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
     }
 
     pub fn len(&self) -> usize {
@@ -144,11 +147,14 @@ mod tests {
             invocation: 2,
         };
         assert_eq!(JobMessage::parse(&job.to_body()).unwrap(), job);
-        let minimal = JobMessage::parse(r#"{"runId":"00000000-0000-0000-0000-000000000000"}"#).unwrap();
+        let minimal =
+            JobMessage::parse(r#"{"runId":"00000000-0000-0000-0000-000000000000"}"#).unwrap();
         assert_eq!(minimal.invocation, 0);
         assert!(JobMessage::parse(r#"{"runId":"nope"}"#).is_err());
         assert!(JobMessage::parse("[]").is_err());
-        assert!(JobMessage::parse(r#"{"runId":"00000000-0000-0000-0000-000000000000","x":1}"#).is_err());
+        assert!(
+            JobMessage::parse(r#"{"runId":"00000000-0000-0000-0000-000000000000","x":1}"#).is_err()
+        );
     }
 
     #[test]

@@ -68,7 +68,8 @@ pub struct RunRecord {
     pub updated_at: DateTime<Utc>,
 }
 
-pub(crate) const RUN_COLUMNS: &str = "id, triggered_by, status, year, phase, started_at, finished_at, \
+pub(crate) const RUN_COLUMNS: &str =
+    "id, triggered_by, status, year, phase, started_at, finished_at, \
      leads_count, contacts_count, vehicles_count, pages_fetched, last_success_count, checkpoint, \
      http_status, error, updated_at";
 

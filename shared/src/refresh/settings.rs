@@ -109,7 +109,10 @@ mod tests {
     use super::*;
 
     fn cfg() -> Config {
-        Config::from_lookup(&[], |k| (k == "DATABASE_URL").then(|| "postgres://x".into())).unwrap()
+        Config::from_lookup(&[], |k| {
+            (k == "DATABASE_URL").then(|| "postgres://x".into())
+        })
+        .unwrap()
     }
 
     #[test]

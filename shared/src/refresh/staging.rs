@@ -71,7 +71,8 @@ pub struct StagedPage {
     pub vehicles: Vec<StagedVehicle>,
 }
 
-const LEAD_COLUMNS: &str = "run_id, lead_id, payload, contact_id, vehicle_enum_id, source_enum_id, \
+const LEAD_COLUMNS: &str =
+    "run_id, lead_id, payload, contact_id, vehicle_enum_id, source_enum_id, \
      created_at, updated_at, name, status_id, pipeline_id, price, responsible_user_id, owner_id, \
      booking_status, excluded, start_at, end_at, lead_source, closed_at";
 const LEAD_TYPES: [Type; 20] = [
@@ -291,7 +292,10 @@ pub async fn stage_page(
 
 /// Deletes staging of successful runs except the `keep` most recent ones.
 /// Failed and held runs keep theirs for inspection.
-pub async fn cleanup(client: &impl tokio_postgres::GenericClient, keep: i64) -> Result<u64, RefreshError> {
+pub async fn cleanup(
+    client: &impl tokio_postgres::GenericClient,
+    keep: i64,
+) -> Result<u64, RefreshError> {
     let old = "SELECT id FROM kommo_import_runs WHERE status = 'succeeded'
                 ORDER BY finished_at DESC NULLS LAST, started_at DESC OFFSET $1";
     let mut n = 0;

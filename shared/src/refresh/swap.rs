@@ -35,7 +35,10 @@ pub enum SwapOutcome {
     /// Nothing was staged; production is untouched and the run failed.
     NoLeads,
     /// Too few leads against the last successful run; production is untouched.
-    NeedsReview { leads: i64, previous: i64 },
+    NeedsReview {
+        leads: i64,
+        previous: i64,
+    },
 }
 
 /// Pre-checks, then replaces the Kommo-derived rows and marks the run

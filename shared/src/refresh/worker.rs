@@ -46,6 +46,10 @@ pub struct Checkpoint {
     /// Leads or contacts that could not be parsed or mapped.
     pub skipped: u64,
     pub invocations: u32,
+    /// Milliseconds spent writing staging rows and checkpoints (the
+    /// database side of fetching, for operators and the benchmark).
+    #[serde(default)]
+    pub staging_ms: u64,
 }
 
 /// The `created_at` bounds of `year`: local midnights at `offset`, or UTC.
@@ -69,7 +73,10 @@ pub enum JobOutcome {
 
 /// Why fetching stopped early.
 enum Stop {
-    Kommo { page: u32, error: KommoError },
+    Kommo {
+        page: u32,
+        error: KommoError,
+    },
     Db(RefreshError),
     /// The run was closed by someone else meanwhile.
     Closed,
@@ -110,7 +117,10 @@ impl Worker {
         let mut conn = self.pool.get().await?;
         let client: &mut tokio_postgres::Client = &mut conn;
         let locked: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&self.settings.lock_key])
+            .query_one(
+                "SELECT pg_try_advisory_lock($1)",
+                &[&self.settings.lock_key],
+            )
             .await?
             .get(0);
         if !locked {
@@ -218,7 +228,20 @@ impl Worker {
                 &[&run_id],
             )
             .await?;
-        let status = match swap(client, run_id, &self.settings).await {
+        let swap_started = std::time::Instant::now();
+        let swapped = swap(client, run_id, &self.settings).await;
+        let swap_ms = swap_started.elapsed().as_millis() as i64;
+        if swapped.is_ok() {
+            client
+                .execute(
+                    "UPDATE kommo_import_runs
+                        SET checkpoint = coalesce(checkpoint, '{}'::jsonb) || jsonb_build_object('swapMs', $2::bigint)
+                      WHERE id = $1",
+                    &[&run_id, &swap_ms],
+                )
+                .await?;
+        }
+        let status = match swapped {
             Ok(SwapOutcome::Succeeded(_)) => {
                 if let Err(e) = staging::cleanup(&*client, self.settings.keep_runs).await {
                     tracing::warn!(error = %e, "staging cleanup failed; it is retried after the next run");
@@ -261,7 +284,10 @@ impl Worker {
             }
         };
         let (from, to) = year_bounds(run.year, offset).ok_or_else(|| {
-            Stop::Db(RefreshError::Internal(format!("year {} has no bounds", run.year)))
+            Stop::Db(RefreshError::Internal(format!(
+                "year {} has no bounds",
+                run.year
+            )))
         })?;
         let cp = Checkpoint {
             from,
@@ -271,8 +297,10 @@ impl Worker {
             fetch_done: false,
             skipped: 0,
             invocations: 0,
+            staging_ms: 0,
         };
-        let cp_json = serde_json::to_value(&cp).map_err(|e| Stop::Db(RefreshError::Internal(e.to_string())))?;
+        let cp_json = serde_json::to_value(&cp)
+            .map_err(|e| Stop::Db(RefreshError::Internal(e.to_string())))?;
         let n = client
             .execute(
                 "UPDATE kommo_import_runs
@@ -431,10 +459,12 @@ impl Worker {
             cp.max_lead_id = cp.max_lead_id.max(page_max);
             cp.skipped += skipped;
             cp.fetch_done = !page.has_next;
-            let cp_json = serde_json::to_value(&*cp)
-                .map_err(|e| Stop::Db(RefreshError::Internal(e.to_string())))?;
+            let write_started = std::time::Instant::now();
             let tx = client.transaction().await?;
             staging::stage_page(&tx, run_id, &staged, self.settings.staging).await?;
+            cp.staging_ms += write_started.elapsed().as_millis() as u64;
+            let cp_json = serde_json::to_value(&*cp)
+                .map_err(|e| Stop::Db(RefreshError::Internal(e.to_string())))?;
             let n = tx
                 .execute(
                     "UPDATE kommo_import_runs
@@ -547,7 +577,10 @@ mod tests {
 
     #[test]
     fn year_bounds_are_utc_by_default_and_local_on_request() {
-        assert_eq!(year_bounds(2025, None), Some((1_735_689_600, 1_767_225_599)));
+        assert_eq!(
+            year_bounds(2025, None),
+            Some((1_735_689_600, 1_767_225_599))
+        );
         let dubai = FixedOffset::east_opt(4 * 3600);
         assert_eq!(
             year_bounds(2025, dubai),

@@ -130,7 +130,10 @@ pub async fn snapshot(db: &TestDb) -> Value {
         let c = &c;
         async move {
             let rows = c
-                .query(&format!("SELECT coalesce(json_agg(x), '[]'::json)::text FROM ({sql}) x"), &[])
+                .query(
+                    &format!("SELECT coalesce(json_agg(x), '[]'::json)::text FROM ({sql}) x"),
+                    &[],
+                )
                 .await
                 .unwrap();
             serde_json::from_str::<Value>(&rows[0].get::<_, String>(0)).unwrap()
