@@ -218,4 +218,25 @@ mod tests {
         s.read_to_string(&mut answer).await.unwrap();
         assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
     }
+
+    #[tokio::test]
+    async fn the_sdk_reads_secrets_from_it() {
+        let mut m = HashMap::new();
+        m.insert("bench/x".to_string(), r#"{"a":1}"#.to_string());
+        let emu = Emulator::start(m).await.unwrap();
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(emu.secrets_endpoint())
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "test", "test", None, None, "bench",
+            ))
+            .load()
+            .await;
+        let secrets = shared::secrets::Secrets::new(&sdk, std::time::Duration::from_secs(60))
+            .await
+            .unwrap();
+        let got = secrets.get_string("bench/x").await.unwrap();
+        assert_eq!(got.expose(), r#"{"a":1}"#);
+        assert!(secrets.get_string("bench/missing").await.is_err());
+    }
 }

@@ -131,9 +131,10 @@ pub struct Binaries {
     pub hello: PathBuf,
 }
 
-/// Everything built in one cargo call, so dependencies are compiled once
-/// with one feature set for the functions and the in-process scenarios.
-const BUILD_PACKAGES: &[&str] = &[
+/// The release build: everything in one cargo call, so dependencies are
+/// compiled once, with one feature set, for the functions and for the
+/// release xtask that measures in-process.
+const RELEASE_PACKAGES: &[&str] = &[
     "xtask",
     "webhook",
     "full-refresh",
@@ -151,14 +152,33 @@ fn build(release: bool) -> Result<Binaries> {
     ]);
     if release {
         cmd.arg("--release");
-    }
-    for p in BUILD_PACKAGES {
-        cmd.args(["-p", p]);
+        for p in RELEASE_PACKAGES {
+            cmd.args(["-p", p]);
+        }
+    } else {
+        // The workspace's feature set, as `cargo test --workspace` resolves
+        // it, so the smoke run reuses the test build instead of compiling
+        // the dependencies again. xtask is already built: it is running.
+        cmd.args(["--workspace", "--exclude", "xtask"]);
     }
     eprintln!(
         "xtask: building the {} binaries…",
         if release { "release" } else { "debug" }
     );
+    // `cargo run` adds these for xtask itself. Passed on, they make build
+    // scripts that watch the environment (ring's, through cc) rerun, and
+    // everything above them rebuild, on every alternate cargo call.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || k == "CARGO_CRATE_NAME"
+            || k == "CARGO_BIN_NAME"
+            || k == "LD_LIBRARY_PATH"
+        {
+            cmd.env_remove(k.as_ref());
+        }
+    }
     let out = cmd
         .stderr(Stdio::inherit())
         .output()
