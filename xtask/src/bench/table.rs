@@ -44,12 +44,13 @@ impl Quantity {
 
 fn group_thousands(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+    let head = digits.len() % 3;
+    let mut out = digits[..head].to_string();
+    for chunk in digits.as_bytes()[head..].chunks(3) {
+        if !out.is_empty() {
             out.push(',');
         }
-        out.push(c);
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
     }
     if n < 0 {
         format!("-{out}")
@@ -271,6 +272,8 @@ mod tests {
             "12,346 leads/s"
         );
         assert_eq!(Quantity::new(4.4567, "ms").display(), "4.46 ms");
+        assert_eq!(Quantity::new(1_234_567.0, "").display(), "1,234,567");
+        assert_eq!(Quantity::new(-1_000.0, "s").display(), "-1,000 s");
         assert_eq!(
             Quantity::new(0.001, "calls/row").display(),
             "0.0010 calls/row"
