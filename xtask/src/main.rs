@@ -4,6 +4,7 @@
 //! and moto server, runs formatting, lints, every test and `cfn-lint`, and
 //! stops what it started even when a step fails.
 
+mod bench;
 mod demo;
 mod dev;
 mod devstack;
@@ -54,6 +55,8 @@ enum Task {
         #[arg(long, default_value_t = 300)]
         leads: usize,
     },
+    /// Performance figures next to their baselines and limits (see docs/benchmarks.md).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
             tick: std::time::Duration::from_secs(tick_seconds),
             leads,
         }),
+        Task::Bench(args) => bench::run(args),
     };
     stack::cleanup_all();
     match result {
