@@ -60,6 +60,7 @@ enum Task {
 }
 
 fn main() -> ExitCode {
+    scrub_cargo_run_env();
     let cli = Cli::parse();
     stack::install_signal_handler();
     let result = match cli.task {
@@ -85,6 +86,29 @@ fn main() -> ExitCode {
             eprintln!("xtask: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `cargo run` sets these for xtask itself. Inherited by the cargo calls
+/// xtask makes (tests, `cargo lambda watch`, the bench build), they make
+/// build scripts that watch the environment (ring's, through cc) rerun and
+/// everything above them rebuild, so each call would undo the previous
+/// one's cache. Runs first, before any thread exists.
+fn scrub_cargo_run_env() {
+    let names: Vec<_> = std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| {
+            let k = k.to_string_lossy();
+            k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || k == "CARGO_CRATE_NAME"
+                || k == "CARGO_BIN_NAME"
+                || k == "CARGO_PRIMARY_PACKAGE"
+                || k == "LD_LIBRARY_PATH"
+        })
+        .collect();
+    for k in names {
+        std::env::remove_var(k);
     }
 }
 
@@ -158,6 +182,18 @@ fn test(extra: &[String]) -> Result<()> {
         t.env("CARGO_BUILD_JOBS", "2");
     }
     step("cargo test", &mut t)?;
+
+    // The same PostgreSQL and moto serve the two checks below; each makes
+    // its own databases, queues and secrets.
+    std::env::set_var("DATABASE_URL", &pg.admin_url);
+    let aws_env = stack::aws_env(&moto);
+    for (k, v) in &aws_env {
+        std::env::set_var(k, v);
+    }
+    eprintln!("\nxtask: ── sample events through cargo lambda watch ──");
+    demo::events()?;
+    eprintln!("\nxtask: ── cargo xtask bench --smoke ──");
+    bench::run_smoke(&pg.admin_url, &aws_env)?;
     eprintln!("\nxtask: all checks passed");
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! EventBridge Scheduler (`ScheduleV2`) sends whatever `Input` the schedule
 //! has. The body only labels the run, so any JSON is accepted.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
@@ -70,16 +70,9 @@ impl From<HandlerError> for lambda_runtime::Diagnostic {
     }
 }
 
-/// The instant the drain must be done by, from the runtime's wall-clock deadline.
+/// The instant the drain must be done by, from the runtime's deadline.
 fn deadline_of(ctx: &lambda_runtime::Context) -> Instant {
-    if ctx.deadline == 0 {
-        return Instant::now() + FALLBACK_BUDGET;
-    }
-    let left = ctx
-        .deadline()
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
-    Instant::now() + left
+    Instant::now() + shared::context::time_left(ctx.deadline).unwrap_or(FALLBACK_BUDGET)
 }
 
 pub async fn handle(drain: &Drain, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
@@ -133,8 +126,16 @@ mod tests {
     #[test]
     fn a_passed_deadline_leaves_no_time() {
         let mut ctx = lambda_runtime::Context::default();
-        ctx.deadline = 1_000;
+        // One second before now, in milliseconds since the epoch, as Lambda sends it.
+        ctx.deadline = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            - 1_000;
         assert!(deadline_of(&ctx) <= Instant::now());
+        // `cargo lambda watch` sends a fixed 600000: a budget, not an instant in 1970.
+        ctx.deadline = 600_000;
+        assert!(deadline_of(&ctx) > Instant::now() + Duration::from_secs(590));
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 use std::{
     collections::VecDeque,
     sync::Mutex,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
@@ -117,16 +117,12 @@ impl Deadline {
         }
     }
 
-    /// From `lambda_runtime::Context::deadline` (milliseconds since the epoch).
+    /// From `lambda_runtime::Context::deadline`; see [`crate::context::time_left`].
     pub fn from_epoch_ms(deadline_ms: u64, margin: Duration) -> Self {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        Self::after(
-            Duration::from_millis(deadline_ms.saturating_sub(now_ms)),
-            margin,
-        )
+        match crate::context::time_left(deadline_ms) {
+            Some(left) => Self::after(left, margin),
+            None => Self::none(),
+        }
     }
 
     /// True when less than the margin is left.

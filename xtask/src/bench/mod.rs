@@ -165,20 +165,6 @@ fn build(release: bool) -> Result<Binaries> {
         "xtask: building the {} binaries…",
         if release { "release" } else { "debug" }
     );
-    // `cargo run` adds these for xtask itself. Passed on, they make build
-    // scripts that watch the environment (ring's, through cc) rerun, and
-    // everything above them rebuild, on every alternate cargo call.
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy();
-        if k.starts_with("CARGO_PKG_")
-            || k.starts_with("CARGO_MANIFEST_")
-            || k == "CARGO_CRATE_NAME"
-            || k == "CARGO_BIN_NAME"
-            || k == "LD_LIBRARY_PATH"
-        {
-            cmd.env_remove(k.as_ref());
-        }
-    }
     let out = cmd
         .stderr(Stdio::inherit())
         .output()
@@ -318,8 +304,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 /// The smoke benchmark, for `cargo xtask test`: small sizes on the debug
 /// build, against the PostgreSQL admin URL and AWS settings given.
-// `cargo xtask test` calls this after the test suite.
-#[allow(dead_code)]
 pub fn run_smoke(admin_url: &str, aws_env: &[(String, String)]) -> Result<()> {
     std::env::set_var("DATABASE_URL", admin_url);
     for (k, v) in aws_env {
