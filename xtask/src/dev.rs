@@ -30,6 +30,13 @@ pub fn start_lambda_watch(
     port: u16,
     log: &std::path::Path,
 ) -> Result<()> {
+    // Otherwise the wait below would find someone else's server and call it ours.
+    if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+        anyhow::bail!(
+            "port {port} is already in use (another `cargo lambda watch`?); stop it or pick \
+             another port with --port"
+        );
+    }
     let cargo_lambda = stack::ensure_pip_tool("cargo-lambda", "cargo-lambda")?;
     let file = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
     let child = stack::spawn_group(
@@ -55,6 +62,9 @@ pub fn start_lambda_watch(
 }
 
 pub fn run(args: DevArgs) -> Result<()> {
+    // Built before the stack starts, so the first webhook is not answered
+    // after a compile inside `cargo lambda watch`.
+    crate::demo::prebuild_functions()?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let logs = root().join("target/dev");
@@ -70,7 +80,7 @@ pub fn run(args: DevArgs) -> Result<()> {
         .await?;
         let env = dev.function_env();
         let watch_log = logs.join("lambda-watch.log");
-        eprintln!("xtask: starting cargo lambda watch (first build can take a few minutes)…");
+        eprintln!("xtask: starting cargo lambda watch on port {}", args.port);
         start_lambda_watch(&env, args.port, &watch_log)?;
         let base = format!("http://127.0.0.1:{}", args.port);
         let invoker = |name: &str| -> Arc<dyn Invoker> {
@@ -101,7 +111,7 @@ The system is running. Ctrl-C stops everything.
   Zoho sandbox          {zoho}   (state: {zoho}/_sandbox/state)
   PostgreSQL            {db}
   moto (SQS, secrets)   {aws}
-  outbox-drain tick     every {tick:?}
+  outbox-drain tick     every {tick:?} (AWS: every minute; --tick-seconds 60 to match)
 
 Send a Kommo webhook (status change of lead {lead}):
   curl -s -X POST '{base}/lambda-url/webhook/kommo/webhook/{wtoken}' \
@@ -109,10 +119,10 @@ Send a Kommo webhook (status change of lead {lead}):
        --data 'leads[status][0][id]={lead}&leads[status][0][status_id]=142&leads[status][0][pipeline_id]=7000001&account[id]=31361463'
 
 Invoke a function with a sample event:
-  cargo lambda invoke webhook --data-file events/webhook-lead-status.json
-  cargo lambda invoke webhook-processor --data-file events/webhook-processor-sqs.json
-  cargo lambda invoke full-refresh --data-file events/full-refresh-start.json
-  cargo lambda invoke outbox-drain --data-file events/outbox-drain-schedule.json
+  cargo lambda invoke -P {port} webhook --data-file events/webhook-lead-status.json
+  cargo lambda invoke -P {port} webhook-processor --data-file events/webhook-processor-sqs.json
+  cargo lambda invoke -P {port} full-refresh --data-file events/full-refresh-start.json
+  cargo lambda invoke -P {port} outbox-drain --data-file events/outbox-drain-schedule.json
 
 Start a full refresh as a staff user:
   curl -s -X POST '{base}/lambda-url/full-refresh/integrations/kommo/full-refresh' \
@@ -133,6 +143,7 @@ Flip a flag (the kill switch; takes effect within 10 s):
             tick = args.tick,
             wtoken = dev.spec.kommo.webhook_token,
             jwt = token,
+            port = args.port,
         );
         // The Ctrl-C handler stops children and exits; until then, serve.
         std::future::pending::<()>().await;

@@ -48,8 +48,9 @@ enum Task {
         /// Port of `cargo lambda watch`.
         #[arg(long, default_value_t = 9000)]
         port: u16,
-        /// Seconds between outbox-drain schedule ticks.
-        #[arg(long, default_value_t = 60)]
+        /// Seconds between outbox-drain schedule ticks. AWS fires it every minute; locally
+        /// a short tick shows a webhook reaching Zoho within seconds.
+        #[arg(long, default_value_t = 5)]
         tick_seconds: u64,
         /// Leads in the Kommo sandbox.
         #[arg(long, default_value_t = 300)]

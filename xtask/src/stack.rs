@@ -266,19 +266,28 @@ pub fn ensure_pip_tool(bin: &str, package: &str) -> Result<PathBuf> {
     let python = which("python3").context(
         "python3 is not installed. Install Python 3 (for example: sudo apt-get install -y python3 python3-pip)",
     )?;
-    let status = Command::new(python)
+    let status = Command::new(&python)
         .args(["-m", "pip", "install", "--quiet", package])
         .status()
         .context("run pip")?;
     if !status.success() {
         bail!("`pip install {package}` failed; install it yourself and retry");
     }
-    // pyenv shims and ~/.local/bin are the usual places.
+    // On PATH, else the interpreter's scripts directory (a pyenv shim
+    // appears only after `pyenv rehash`) or ~/.local/bin (`pip --user`).
+    let scripts = Command::new(&python)
+        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/bin"));
     which(bin)
         .or_else(|| {
-            let home = std::env::var_os("HOME")?;
-            let p = PathBuf::from(home).join(".local/bin").join(bin);
-            p.is_file().then_some(p)
+            [scripts, home]
+                .into_iter()
+                .flatten()
+                .map(|d| d.join(bin))
+                .find(|p| p.is_file())
         })
         .with_context(|| format!("installed `{package}` but `{bin}` is not on PATH"))
 }
