@@ -286,7 +286,7 @@ fn progress(msg: &str) {
 }
 
 /// Adds a dated lead with a contact and a vehicle to the Kommo sandbox.
-fn new_lead(kommo: &sandbox::kommo::KommoSandbox, name: &str) -> i64 {
+pub fn new_lead(kommo: &sandbox::kommo::KommoSandbox, name: &str) -> i64 {
     let template = kommo
         .leads()
         .into_iter()

@@ -100,7 +100,16 @@ pub fn run(args: DevArgs) -> Result<()> {
             .interval(args.tick)
             .spawn();
 
-        let lead = dev.kommo.leads().first().map(|l| l.id).unwrap_or(30000001);
+        // A lead that becomes a booking (open status, dates, a contact), so the
+        // curl below shows the whole path: webhook → booking → Zoho.
+        let lead = crate::demo::new_lead(&dev.kommo, "Dev: jet ski weekend");
+        let (pipeline, status) = dev
+            .kommo
+            .leads()
+            .iter()
+            .find(|l| l.id == lead)
+            .map(|l| (l.pipeline_id, l.status_id))
+            .context("the lead just added to the Kommo sandbox")?;
         let token = shared::auth::issue_staff_token(&dev.spec.staff_jwt.hs256_secret, "dev-operator", "admin", 86_400);
         println!(
             r#"
@@ -113,10 +122,10 @@ The system is running. Ctrl-C stops everything.
   moto (SQS, secrets)   {aws}
   outbox-drain tick     every {tick:?} (AWS: every minute; --tick-seconds 60 to match)
 
-Send a Kommo webhook (status change of lead {lead}):
+Send a Kommo webhook (status change of lead {lead}; within seconds it is a booking, then a Zoho sales order):
   curl -s -X POST '{base}/lambda-url/webhook/kommo/webhook/{wtoken}' \
        -H 'content-type: application/x-www-form-urlencoded' \
-       --data 'leads[status][0][id]={lead}&leads[status][0][status_id]=142&leads[status][0][pipeline_id]=7000001&account[id]=31361463'
+       --data 'leads[status][0][id]={lead}&leads[status][0][status_id]={status}&leads[status][0][pipeline_id]={pipeline}&account[id]={account}'
 
 Invoke a function with a sample event:
   cargo lambda invoke -P {port} webhook --data-file events/webhook-lead-status.json
@@ -129,7 +138,8 @@ Start a full refresh as a staff user:
        -H 'authorization: Bearer {jwt}' -H 'content-type: application/json' -d '{{}}'
 
 Look at the data:
-  psql '{db}' -c 'SELECT status, count(*) FROM integrations_outbox GROUP BY 1'
+  psql '{db}' -c 'SELECT source_payload_id, status, zoho_sync_status FROM bookings ORDER BY created_at DESC LIMIT 5'
+  psql '{db}' -c 'SELECT event_type, status, count(*) FROM integrations_outbox GROUP BY 1, 2'
 
 Flip a flag (the kill switch; takes effect within 10 s):
   psql '{db}' -c "UPDATE system_feature_flags SET enabled = false WHERE key = 'enableZohoLive'"
@@ -144,6 +154,7 @@ Flip a flag (the kill switch; takes effect within 10 s):
             wtoken = dev.spec.kommo.webhook_token,
             jwt = token,
             port = args.port,
+            account = dev.kommo.account().id,
         );
         // The Ctrl-C handler stops children and exits; until then, serve.
         std::future::pending::<()>().await;
