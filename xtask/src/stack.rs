@@ -276,7 +276,10 @@ pub fn ensure_pip_tool(bin: &str, package: &str) -> Result<PathBuf> {
     // On PATH, else the interpreter's scripts directory (a pyenv shim
     // appears only after `pyenv rehash`) or ~/.local/bin (`pip --user`).
     let scripts = Command::new(&python)
-        .args(["-c", "import sysconfig; print(sysconfig.get_path('scripts'))"])
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
         .output()
         .ok()
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
