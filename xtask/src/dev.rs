@@ -115,12 +115,16 @@ pub fn run(args: DevArgs) -> Result<()> {
             r#"
 The system is running. Ctrl-C stops everything.
 
-  Lambda functions      {base}   (cargo lambda watch; log: {watch})
+  Lambda functions      {base}   (cargo lambda watch)
   Kommo sandbox         {kommo}  (token {ktoken})
   Zoho sandbox          {zoho}   (state: {zoho}/_sandbox/state)
   PostgreSQL            {db}
   moto (SQS, secrets)   {aws}
   outbox-drain tick     every {tick:?} (AWS: every minute; --tick-seconds 60 to match)
+
+Logs:
+  functions             {watch}
+{other_logs}
 
 Send a Kommo webhook (status change of lead {lead}; within seconds it is a booking, then a Zoho sales order):
   curl -s -X POST '{base}/lambda-url/webhook/kommo/webhook/{wtoken}' \
@@ -155,6 +159,11 @@ Flip a flag (the kill switch; takes effect within 10 s):
             jwt = token,
             port = args.port,
             account = dev.kommo.account().id,
+            other_logs = stack::logs()
+                .iter()
+                .map(|(name, path)| format!("  {name:<21} {}", path.display()))
+                .collect::<Vec<_>>()
+                .join("\n"),
         );
         // The Ctrl-C handler stops children and exits; until then, serve.
         std::future::pending::<()>().await;

@@ -14,6 +14,19 @@ use anyhow::{bail, Context, Result};
 
 type Cleanup = Box<dyn FnOnce() + Send>;
 static CLEANUPS: Mutex<Vec<Cleanup>> = Mutex::new(Vec::new());
+/// Log files of what this process started, for `cargo xtask dev` to print.
+static LOGS: Mutex<Vec<(&'static str, PathBuf)>> = Mutex::new(Vec::new());
+
+fn note_log(component: &'static str, path: PathBuf) {
+    if let Ok(mut logs) = LOGS.lock() {
+        logs.push((component, path));
+    }
+}
+
+/// The log file of each component started so far.
+pub fn logs() -> Vec<(&'static str, PathBuf)> {
+    LOGS.lock().map(|l| l.clone()).unwrap_or_default()
+}
 
 /// Runs every registered cleanup, newest first. Safe to call more than once.
 pub fn cleanup_all() {
@@ -252,6 +265,7 @@ pub fn postgres(workdir: &Path) -> Result<Postgres> {
         );
     }
     eprintln!("xtask: PostgreSQL started on 127.0.0.1:{port}");
+    note_log("PostgreSQL", log);
     Ok(Postgres {
         admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
     })
@@ -299,7 +313,9 @@ pub fn ensure_pip_tool(bin: &str, package: &str) -> Result<PathBuf> {
 pub fn moto(workdir: &Path) -> Result<String> {
     let bin = ensure_pip_tool("moto_server", "moto[server]")?;
     let port = free_port()?;
-    let log = std::fs::File::create(workdir.join(format!("moto-{port}.log")))?;
+    let log_path = workdir.join(format!("moto-{port}.log"));
+    note_log("moto_server", log_path.clone());
+    let log = std::fs::File::create(&log_path)?;
     let child = spawn_group(
         Command::new(bin)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
