@@ -5,9 +5,9 @@
 //! `channel = 'manual'` and the same Zoho work as a Kommo booking.
 
 use chrono::{DateTime, Utc};
+use deadpool_postgres::Client;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::{

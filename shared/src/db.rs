@@ -16,7 +16,9 @@ use crate::{
     secrets::{DbSecret, SecretError, Secrets},
 };
 
-pub use deadpool_postgres::{Object as PooledClient, Pool as DbPool};
+pub use deadpool_postgres::{
+    Object as PooledClient, Pool as DbPool, Transaction as PooledTransaction,
+};
 
 mod embedded {
     refinery::embed_migrations!("../migrations");

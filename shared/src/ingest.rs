@@ -7,7 +7,9 @@
 //! delivery is applied in one transaction or not at all.
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::{Client, Transaction};
+// Statements are prepared once per pooled connection (deadpool's cache):
+// a delivery runs about fifteen, and each saved prepare is a round trip.
+use deadpool_postgres::{Client, Transaction};
 use uuid::Uuid;
 
 use crate::{
@@ -71,7 +73,8 @@ pub async fn find_client(
     if let Some(kid) = c.kommo_contact_id {
         if let Some(row) = tx
             .query_opt(
-                "SELECT id FROM clients WHERE kommo_contact_id = $1 FOR UPDATE",
+                &tx.prepare_cached("SELECT id FROM clients WHERE kommo_contact_id = $1 FOR UPDATE")
+                    .await?,
                 &[&kid],
             )
             .await?
@@ -82,10 +85,13 @@ pub async fn find_client(
     if let Some(email) = clean(c.email.as_deref()) {
         if let Some(row) = tx
             .query_opt(
-                "SELECT id FROM clients
+                &tx.prepare_cached(
+                    "SELECT id FROM clients
                   WHERE email IS NOT NULL AND lower(email) = lower($1)
                     AND ($2::bigint IS NULL OR kommo_contact_id IS NULL OR kommo_contact_id = $2)
                   ORDER BY created_at, id LIMIT 1 FOR UPDATE",
+                )
+                .await?,
                 &[&email, &c.kommo_contact_id],
             )
             .await?
@@ -96,10 +102,13 @@ pub async fn find_client(
     if let Some(phone) = c.phone.as_deref().and_then(normalize_phone) {
         if let Some(row) = tx
             .query_opt(
-                "SELECT id FROM clients
+                &tx.prepare_cached(
+                    "SELECT id FROM clients
                   WHERE phone_normalized = $1
                     AND ($2::bigint IS NULL OR kommo_contact_id IS NULL OR kommo_contact_id = $2)
                   ORDER BY created_at, id LIMIT 1 FOR UPDATE",
+                )
+                .await?,
                 &[&phone, &c.kommo_contact_id],
             )
             .await?
@@ -132,11 +141,11 @@ pub async fn upsert_client(
         // first; then this one updates the row it created.
         let row = tx
             .query_opt(
-                "INSERT INTO clients (kommo_contact_id, full_name, first_name, last_name, email,
+                &tx.prepare_cached("INSERT INTO clients (kommo_contact_id, full_name, first_name, last_name, email,
                                       phone, phone_normalized, kommo_updated_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (kommo_contact_id) DO NOTHING
-                 RETURNING id",
+                 RETURNING id").await?,
                 &[
                     &c.kommo_contact_id,
                     &full_name,
@@ -162,7 +171,8 @@ pub async fn upsert_client(
 
     let row = if c.kommo_updated_at.is_some() || c.kommo_contact_id.is_some() {
         tx.query_opt(
-            "UPDATE clients SET
+            &tx.prepare_cached(
+                "UPDATE clients SET
                  kommo_contact_id = coalesce($2, kommo_contact_id),
                  full_name = CASE WHEN $3 = '' THEN full_name ELSE $3 END,
                  first_name = coalesce($4, first_name),
@@ -175,6 +185,8 @@ pub async fn upsert_client(
               WHERE id = $1
                 AND (kommo_updated_at IS NULL OR $9::timestamptz IS NULL OR kommo_updated_at <= $9)
               RETURNING zoho_contact_id",
+            )
+            .await?,
             &[
                 &id,
                 &c.kommo_contact_id,
@@ -190,7 +202,8 @@ pub async fn upsert_client(
         .await?
     } else {
         tx.query_opt(
-            "UPDATE clients SET
+            &tx.prepare_cached(
+                "UPDATE clients SET
                  full_name = CASE WHEN full_name = '' THEN $2 ELSE full_name END,
                  first_name = coalesce(first_name, $3),
                  last_name = coalesce(last_name, $4),
@@ -200,6 +213,8 @@ pub async fn upsert_client(
                  updated_at = now()
               WHERE id = $1
               RETURNING zoho_contact_id",
+            )
+            .await?,
             &[&id, &full_name, &first, &last, &email, &phone, &phone_norm],
         )
         .await?
@@ -213,7 +228,11 @@ pub async fn upsert_client(
         }),
         None => {
             let zoho: Option<String> = tx
-                .query_one("SELECT zoho_contact_id FROM clients WHERE id = $1", &[&id])
+                .query_one(
+                    &tx.prepare_cached("SELECT zoho_contact_id FROM clients WHERE id = $1")
+                        .await?,
+                    &[&id],
+                )
                 .await?
                 .get(0);
             Ok(ClientOutcome {
@@ -250,7 +269,8 @@ pub enum LeadOutcome {
 /// read-compare-write below cannot interleave. Released at commit.
 async fn lock_lead(tx: &Transaction<'_>, lead_id: i64) -> Result<(), DbError> {
     tx.execute(
-        "SELECT pg_advisory_xact_lock($1::int, ($2::bigint % 2147483647)::int)",
+        &tx.prepare_cached("SELECT pg_advisory_xact_lock($1::int, ($2::bigint % 2147483647)::int)")
+            .await?,
         &[&LEAD_LOCK_CLASS, &lead_id],
     )
     .await?;
@@ -310,16 +330,20 @@ pub async fn apply_lead(
 
     let booking = tx
         .query_opt(
-            "SELECT id, kommo_updated_at, zoho_sales_order_id FROM bookings
+            &tx.prepare_cached(
+                "SELECT id, kommo_updated_at, zoho_sales_order_id FROM bookings
               WHERE source_payload_id = $1 OR (external_code IS NOT NULL AND external_code = $2)
               ORDER BY (source_payload_id = $1) DESC NULLS LAST
               LIMIT 1 FOR UPDATE",
+            )
+            .await?,
             &[&spid, &lead_code],
         )
         .await?;
     let stored_lead: Option<Option<DateTime<Utc>>> = tx
         .query_opt(
-            "SELECT kommo_updated_at FROM sales_leads WHERE kommo_lead_id = $1",
+            &tx.prepare_cached("SELECT kommo_updated_at FROM sales_leads WHERE kommo_lead_id = $1")
+                .await?,
             &[&lead.lead_id],
         )
         .await?
@@ -359,7 +383,7 @@ pub async fn apply_lead(
     let (start_at, end_at) = (lead.start_at, lead.end_at);
 
     tx.execute(
-        "INSERT INTO sales_leads (lead_code, kommo_lead_id, client_id, name, stage_id, pipeline_id,
+        &tx.prepare_cached("INSERT INTO sales_leads (lead_code, kommo_lead_id, client_id, name, stage_id, pipeline_id,
                                   value_amount, owner_id, expected_close_at, source, lead_source,
                                   archived_at, kommo_updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7::bigint::numeric, $8, $9, 'Kommo', $10, NULL, $11)
@@ -375,7 +399,7 @@ pub async fn apply_lead(
              lead_source = EXCLUDED.lead_source,
              archived_at = NULL,
              kommo_updated_at = EXCLUDED.kommo_updated_at,
-             updated_at = now()",
+             updated_at = now()").await?,
         &[
             &lead_code,
             &lead.lead_id,
@@ -397,9 +421,12 @@ pub async fn apply_lead(
             Some(b) => {
                 let id: Uuid = b.get(0);
                 tx.execute(
-                    "UPDATE bookings SET is_active = false, kommo_status_id = $2, status = $3,
+                    &tx.prepare_cached(
+                        "UPDATE bookings SET is_active = false, kommo_status_id = $2, status = $3,
                             kommo_updated_at = $4, updated_at = now()
                       WHERE id = $1",
+                    )
+                    .await?,
                     &[&id, &lead.status_id, booking_status, &updated_at],
                 )
                 .await?;
@@ -416,12 +443,12 @@ pub async fn apply_lead(
             let name = lead.vehicle_name.clone().unwrap_or_default();
             Some(
                 tx.query_one(
-                    "INSERT INTO vehicles (kommo_vehicle_id, name) VALUES ($1, $2)
+                    &tx.prepare_cached("INSERT INTO vehicles (kommo_vehicle_id, name) VALUES ($1, $2)
                      ON CONFLICT (kommo_vehicle_id) DO UPDATE
                         SET name = CASE WHEN EXCLUDED.name = '' THEN vehicles.name ELSE EXCLUDED.name END,
                             updated_at = CASE WHEN vehicles.name = EXCLUDED.name OR EXCLUDED.name = ''
                                               THEN vehicles.updated_at ELSE now() END
-                     RETURNING id",
+                     RETURNING id").await?,
                     &[&enum_id, &name],
                 )
                 .await?
@@ -435,13 +462,16 @@ pub async fn apply_lead(
         Some(b) => {
             let id: Uuid = b.get(0);
             tx.execute(
-                "UPDATE bookings SET
+                &tx.prepare_cached(
+                    "UPDATE bookings SET
                      source_payload_id = coalesce(source_payload_id, $2),
                      owner_id = $3, client_id = coalesce($4, client_id), kommo_lead_id = $5,
                      kommo_pipeline_id = $6, kommo_status_id = $7, status = $8, source = $9,
                      title = $10, start_at = $11, end_at = $12, vehicle_id = $13, is_active = true,
                      total_amount = $14::bigint::numeric, kommo_updated_at = $15, updated_at = now()
                   WHERE id = $1",
+                )
+                .await?,
                 &[
                     &id,
                     &spid,
@@ -466,13 +496,13 @@ pub async fn apply_lead(
         None => {
             let id: Uuid = tx
                 .query_one(
-                    "INSERT INTO bookings (source_payload_id, channel, created_by, owner_id,
+                    &tx.prepare_cached("INSERT INTO bookings (source_payload_id, channel, created_by, owner_id,
                                            client_id, kommo_lead_id, kommo_pipeline_id, kommo_status_id,
                                            status, source, title, start_at, end_at, vehicle_id,
                                            total_amount, kommo_updated_at)
                      VALUES ($1, 'Kommo', 'system-kommo', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
                              $12, $13::bigint::numeric, $14)
-                     RETURNING id",
+                     RETURNING id").await?,
                     &[
                         &spid,
                         &owner_id,
@@ -499,20 +529,23 @@ pub async fn apply_lead(
     match vehicle_id {
         Some(vid) => {
             tx.execute(
-                "DELETE FROM booking_vehicles WHERE booking_id = $1 AND \"primary\" AND vehicle_id <> $2",
+                &tx.prepare_cached("DELETE FROM booking_vehicles WHERE booking_id = $1 AND \"primary\" AND vehicle_id <> $2").await?,
                 &[&booking_id, &vid],
             )
             .await?;
             tx.execute(
-                "INSERT INTO booking_vehicles (booking_id, vehicle_id, \"primary\") VALUES ($1, $2, true)
-                 ON CONFLICT (booking_id, vehicle_id) DO UPDATE SET \"primary\" = true",
+                &tx.prepare_cached("INSERT INTO booking_vehicles (booking_id, vehicle_id, \"primary\") VALUES ($1, $2, true)
+                 ON CONFLICT (booking_id, vehicle_id) DO UPDATE SET \"primary\" = true").await?,
                 &[&booking_id, &vid],
             )
             .await?;
         }
         None => {
             tx.execute(
-                "DELETE FROM booking_vehicles WHERE booking_id = $1 AND \"primary\"",
+                &tx.prepare_cached(
+                    "DELETE FROM booking_vehicles WHERE booking_id = $1 AND \"primary\"",
+                )
+                .await?,
                 &[&booking_id],
             )
             .await?;
@@ -554,15 +587,21 @@ pub async fn delete_lead(tx: &Transaction<'_>, lead_id: i64) -> Result<(u64, u64
     lock_lead(tx, lead_id).await?;
     let bookings = tx
         .execute(
-            "UPDATE bookings SET is_active = false, updated_at = now()
+            &tx.prepare_cached(
+                "UPDATE bookings SET is_active = false, updated_at = now()
               WHERE source_payload_id = $1 AND is_active",
+            )
+            .await?,
             &[&source_payload_id(lead_id)],
         )
         .await?;
     let leads = tx
         .execute(
-            "UPDATE sales_leads SET archived_at = now(), updated_at = now()
+            &tx.prepare_cached(
+                "UPDATE sales_leads SET archived_at = now(), updated_at = now()
               WHERE kommo_lead_id = $1 AND archived_at IS NULL",
+            )
+            .await?,
             &[&lead_id],
         )
         .await?;
@@ -645,11 +684,11 @@ pub async fn record_rejected(
     let raw = String::from_utf8_lossy(body);
     client
         .execute(
-            "INSERT INTO kommo_webhook_events (dedupe_key, account_id, raw_payload, status, error)
+            &client.prepare_cached("INSERT INTO kommo_webhook_events (dedupe_key, account_id, raw_payload, status, error)
              VALUES ($1, $2, $3, 'rejected', $4)
              ON CONFLICT (dedupe_key) DO UPDATE
                 SET duplicate_count = kommo_webhook_events.duplicate_count + 1,
-                    updated_at = now()",
+                    updated_at = now()").await?,
             &[&body_hash(body), &account_id, &raw.as_ref(), &error],
         )
         .await?;
@@ -675,14 +714,14 @@ pub async fn record_received(
 ) -> Result<EventRow, DbError> {
     let row = client
         .query_one(
-            "INSERT INTO kommo_webhook_events (dedupe_key, account_id, raw_payload, sqs_message_id)
+            &client.prepare_cached("INSERT INTO kommo_webhook_events (dedupe_key, account_id, raw_payload, sqs_message_id)
              VALUES ($1, $2, $3, $4)
              ON CONFLICT (dedupe_key) DO UPDATE
                 SET duplicate_count = kommo_webhook_events.duplicate_count
                         + CASE WHEN kommo_webhook_events.sqs_message_id IS DISTINCT FROM EXCLUDED.sqs_message_id
                                THEN 1 ELSE 0 END,
                     updated_at = now()
-             RETURNING id, status, attempts",
+             RETURNING id, status, attempts").await?,
             &[&body_hash(body.as_bytes()), &account_id, &body, &sqs_message_id],
         )
         .await?;
@@ -698,7 +737,10 @@ pub async fn record_received(
 pub async fn lock_event(tx: &Transaction<'_>, id: Uuid) -> Result<EventRow, DbError> {
     let row = tx
         .query_one(
-            "SELECT id, status, attempts FROM kommo_webhook_events WHERE id = $1 FOR UPDATE",
+            &tx.prepare_cached(
+                "SELECT id, status, attempts FROM kommo_webhook_events WHERE id = $1 FOR UPDATE",
+            )
+            .await?,
             &[&id],
         )
         .await?;
@@ -715,10 +757,13 @@ pub async fn mark_processed(
     parsed: &serde_json::Value,
 ) -> Result<(), DbError> {
     tx.execute(
-        "UPDATE kommo_webhook_events
+        &tx.prepare_cached(
+            "UPDATE kommo_webhook_events
             SET status = 'processed', attempts = attempts + 1, error = NULL,
                 parsed_payload = $2, processed_at = now(), updated_at = now()
           WHERE id = $1",
+        )
+        .await?,
         &[&id, parsed],
     )
     .await?;
@@ -729,10 +774,14 @@ pub async fn mark_processed(
 pub async fn mark_failed(client: &Client, id: Uuid, error: &str) -> Result<i32, DbError> {
     let row = client
         .query_one(
-            "UPDATE kommo_webhook_events
+            &client
+                .prepare_cached(
+                    "UPDATE kommo_webhook_events
                 SET status = 'failed', attempts = attempts + 1, error = $2, updated_at = now()
               WHERE id = $1
               RETURNING attempts",
+                )
+                .await?,
             &[&id, &error],
         )
         .await?;
@@ -749,10 +798,10 @@ pub async fn record_unprocessable(
 ) -> Result<(), DbError> {
     client
         .execute(
-            "INSERT INTO kommo_webhook_events (dedupe_key, raw_payload, status, error, sqs_message_id, attempts)
+            &client.prepare_cached("INSERT INTO kommo_webhook_events (dedupe_key, raw_payload, status, error, sqs_message_id, attempts)
              VALUES ($1, $2, 'rejected', $3, $4, 1)
              ON CONFLICT (dedupe_key) DO UPDATE
-                SET status = 'rejected', error = EXCLUDED.error, updated_at = now()",
+                SET status = 'rejected', error = EXCLUDED.error, updated_at = now()").await?,
             &[&body_hash(body.as_bytes()), &body, &error, &sqs_message_id],
         )
         .await?;

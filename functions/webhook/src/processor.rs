@@ -417,7 +417,7 @@ fn all_failed(records: &[SqsMessage]) -> SqsBatchResponse {
 }
 
 async fn apply_event(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &shared::db::PooledTransaction<'_>,
     ev: &Event,
     fetched: &Fetched,
 ) -> Result<(), ProcessError> {

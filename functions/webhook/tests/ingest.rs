@@ -75,7 +75,7 @@ fn with_status(mut l: Lead, status_id: i64, booking_status: &str, excluded: bool
 }
 
 async fn apply(db: &testkit::TestDb, l: &Lead) -> LeadOutcome {
-    let mut c = db.client().await;
+    let mut c = db.pooled().await;
     let tx = c.transaction().await.unwrap();
     let out = apply_lead(&tx, &l.lead, l.contact.as_ref()).await.unwrap();
     tx.commit().await.unwrap();
@@ -266,7 +266,7 @@ async fn delete_deactivates_the_booking_and_archives_the_lead() {
     let db = testkit::TestDb::new().await;
     let c = db.client().await;
     apply(&db, &lead(10)).await;
-    let mut cl = db.client().await;
+    let mut cl = db.pooled().await;
     let tx = cl.transaction().await.unwrap();
     assert_eq!(delete_lead(&tx, 9001).await.unwrap(), (1, 1));
     tx.commit().await.unwrap();
@@ -361,7 +361,7 @@ async fn contact_update_refreshes_an_existing_client_unless_older() {
     let c = db.client().await;
     apply(&db, &lead(10)).await;
 
-    let mut cl = db.client().await;
+    let mut cl = db.pooled().await;
     let mut updated = contact();
     updated.full_name = "Ada King".into();
     updated.email = Some("ada.king@example.com".into());

@@ -158,6 +158,15 @@ mod tests {
         assert!(!Deadline::none().near());
         assert!(Deadline::after(Duration::from_secs(10), Duration::from_secs(20)).near());
         assert!(!Deadline::after(Duration::from_secs(60), Duration::from_secs(1)).near());
-        assert!(Deadline::from_epoch_ms(0, Duration::ZERO).near());
+        // A second ago, in milliseconds since the epoch, as Lambda sends it.
+        let passed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            - 1_000;
+        assert!(Deadline::from_epoch_ms(passed, Duration::ZERO).near());
+        // No deadline header at all, and `cargo lambda watch`'s fixed ten-minute budget.
+        assert!(!Deadline::from_epoch_ms(0, Duration::from_secs(60)).near());
+        assert!(!Deadline::from_epoch_ms(600_000, Duration::from_secs(60)).near());
     }
 }

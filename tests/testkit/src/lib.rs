@@ -113,6 +113,12 @@ impl TestDb {
         self.settings().pool().expect("pool")
     }
 
+    /// A connection from the pool, as the functions use: its transactions
+    /// are the ones `shared::ingest` takes.
+    pub async fn pooled(&self) -> shared::db::PooledClient {
+        self.pool().get().await.expect("pooled connection")
+    }
+
     pub async fn client(&self) -> tokio_postgres::Client {
         connect(&self.url).await
     }

@@ -151,7 +151,8 @@ async fn baseline_run(
     account_id: i64,
 ) -> Result<(f64, i64)> {
     let db = TestDb::new().await;
-    let mut client = db.client().await;
+    // A pooled connection, as the processor has: the same statement cache.
+    let mut client = db.pooled().await;
     let parsed: Vec<serde_json::Value> = deliveries
         .iter()
         .map(|d| {
