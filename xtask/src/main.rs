@@ -1,8 +1,9 @@
 //! Developer tasks, run as `cargo xtask <task>`.
 //!
 //! `test` is the one test command (CI runs it): it starts its own PostgreSQL
-//! and moto server, runs formatting, lints, every test and `cfn-lint`, and
-//! stops what it started even when a step fails.
+//! and moto server, runs formatting, lints, `cfn-lint`, every test, every
+//! sample event through `cargo lambda watch` and the benchmark's smoke run,
+//! and stops what it started even when a step fails.
 
 mod bench;
 mod demo;
