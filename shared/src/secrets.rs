@@ -197,6 +197,26 @@ impl Secrets {
     }
 }
 
+/// Where a secret comes from: Secrets Manager (cached there), or a fixed
+/// value for tests, the dev stack and the benchmark.
+#[derive(Clone)]
+pub enum SecretSource<T> {
+    Manager {
+        secrets: std::sync::Arc<Secrets>,
+        id: String,
+    },
+    Fixed(T),
+}
+
+impl<T: Clone + DeserializeOwned> SecretSource<T> {
+    pub async fn get(&self) -> Result<T, SecretError> {
+        match self {
+            SecretSource::Manager { secrets, id } => secrets.get_json(id).await,
+            SecretSource::Fixed(v) => Ok(v.clone()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

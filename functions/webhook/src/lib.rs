@@ -11,23 +11,4 @@ pub mod processor;
 pub mod receiver;
 pub mod settings;
 
-use std::sync::Arc;
-
-use shared::secrets::{SecretError, Secrets};
-
-/// Where a secret comes from: Secrets Manager (cached there), or a fixed
-/// value for tests, the dev stack and the benchmark.
-#[derive(Clone)]
-pub enum SecretSource<T> {
-    Manager { secrets: Arc<Secrets>, id: String },
-    Fixed(T),
-}
-
-impl<T: Clone + serde::de::DeserializeOwned> SecretSource<T> {
-    pub async fn get(&self) -> Result<T, SecretError> {
-        match self {
-            SecretSource::Manager { secrets, id } => secrets.get_json(id).await,
-            SecretSource::Fixed(v) => Ok(v.clone()),
-        }
-    }
-}
+pub use shared::secrets::SecretSource;
