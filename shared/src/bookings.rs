@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::{
-    db::DbError,
     ingest::{self, normalize_phone, ClientInput, Enqueued},
+    platform::db::DbError,
 };
 
 /// One problem with one field of the request.

@@ -13,9 +13,9 @@ use deadpool_postgres::{Client, Transaction};
 use uuid::Uuid;
 
 use crate::{
-    db::DbError,
     kommo::{webhook::body_hash, MappedContact, MappedLead},
     outbox::{self, OutboxError},
+    platform::db::DbError,
 };
 
 /// The mapping's phone normaliser, so ingest and full refresh agree on matching.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use shared::flags::{FeatureFlags, Flag};
+use shared::platform::flags::{FeatureFlags, Flag};
 use testkit::TestDb;
 
 #[tokio::test]
@@ -26,7 +26,7 @@ async fn flag_changes_are_seen_after_the_cache_ttl() {
 #[tokio::test]
 async fn unreachable_database_is_reported_as_unavailable() {
     let settings =
-        shared::db::DbSettings::from_url("postgres://postgres@127.0.0.1:1/none").unwrap();
+        shared::platform::db::DbSettings::from_url("postgres://postgres@127.0.0.1:1/none").unwrap();
     let flags = FeatureFlags::new(settings.pool().unwrap(), Duration::from_secs(10));
     let err = flags.is_enabled(Flag::KommoLive).await.unwrap_err();
     assert!(err.is_unavailable(), "{err:?}");

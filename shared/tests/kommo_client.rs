@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use sandbox::kommo::{ForcedError, KommoOptions, KommoSandbox};
 use shared::{
     kommo::{KommoClient, KommoClientOptions, KommoError},
-    secrets::Redacted,
+    platform::secrets::Redacted,
 };
 
 async fn sandbox(leads: usize, contacts: usize) -> KommoSandbox {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use sandbox::kommo::{data, KommoOptions, KommoSandbox};
 use shared::{
     kommo::{map_lead, map_lead_with_contact, KommoClient, KommoClientOptions, MappingConfig},
-    secrets::Redacted,
+    platform::secrets::Redacted,
 };
 use testkit::TestDb;
 use uuid::Uuid;

@@ -9,10 +9,10 @@ use std::{
 use sandbox::zoho::{ZohoOptions, ZohoSandbox, ENDPOINT_CONTACTS_UPSERT, ENDPOINT_TOKEN};
 use serde_json::{json, Value};
 use shared::{
-    config::{OutboxSettings, ZohoSettings},
-    flags::FeatureFlags,
     outbox::{self, Drain, DrainReport, StopReason},
-    secrets::ZohoSecret,
+    platform::config::{OutboxSettings, ZohoSettings},
+    platform::flags::FeatureFlags,
+    platform::secrets::ZohoSecret,
     zoho::{LazyZohoClient, ZohoClient},
 };
 use testkit::TestDb;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-async fn backend_pid(pool: &shared::db::DbPool) -> i32 {
+async fn backend_pid(pool: &shared::platform::db::DbPool) -> i32 {
     let c = pool.get().await.expect("a connection");
     c.query_one("SELECT pg_backend_pid()", &[])
         .await

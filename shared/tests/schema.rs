@@ -14,17 +14,17 @@ async fn migrations_apply_to_an_empty_database_and_a_second_run_changes_nothing(
         .await
         .unwrap();
     let url = testkit::with_database(&db.url, &empty);
-    let mut c = shared::db::DbSettings::from_url(&url)
+    let mut c = shared::platform::db::DbSettings::from_url(&url)
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let first = shared::db::migrate(&mut c).await.unwrap();
+    let first = shared::platform::db::migrate(&mut c).await.unwrap();
     assert!(
         first.iter().any(|m| m.contains("core_schema")),
         "first run applies the core schema: {first:?}"
     );
-    let second = shared::db::migrate(&mut c).await.unwrap();
+    let second = shared::platform::db::migrate(&mut c).await.unwrap();
     assert!(second.is_empty(), "second run applied {second:?}");
     let flags: Vec<(String, bool)> = c
         .query(

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use shared::secrets::{KommoSecret, SecretError, Secrets};
+use shared::platform::secrets::{KommoSecret, SecretError, Secrets};
 
 #[tokio::test]
 async fn secret_is_cached_until_its_ttl_then_rotation_is_seen() {
@@ -60,7 +60,7 @@ async fn malformed_secret_names_secret_and_field_but_not_the_value() {
     .await;
     let secrets = Secrets::new(&sdk, Duration::from_secs(60)).await.unwrap();
     let err = secrets
-        .get_json::<shared::secrets::ZohoSecret>(&id)
+        .get_json::<shared::platform::secrets::ZohoSecret>(&id)
         .await
         .unwrap_err();
     assert!(matches!(err, SecretError::Malformed { .. }), "{err:?}");

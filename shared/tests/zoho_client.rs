@@ -6,8 +6,8 @@ use chrono::Utc;
 use sandbox::zoho::{ZohoOptions, ZohoSandbox, ENDPOINT_CONTACTS_UPSERT, ENDPOINT_TOKEN};
 use serde_json::json;
 use shared::{
-    config::ZohoSettings,
-    secrets::ZohoSecret,
+    platform::config::ZohoSettings,
+    platform::secrets::ZohoSecret,
     zoho::{ErrorClass, RecordResult, ZohoClient, ZohoError},
 };
 use testkit::TestDb;

@@ -191,7 +191,7 @@ pub fn demo() -> Result<()> {
         // 3. A full refresh imports the year.
         progress("3/4 full refresh of the current year");
         let t = Instant::now();
-        let jwt = shared::auth::issue_staff_token(
+        let jwt = shared::platform::auth::issue_staff_token(
             &sys.dev.spec.staff_jwt.hs256_secret,
             "demo-operator",
             "admin",

@@ -110,7 +110,7 @@ pub fn run(args: DevArgs) -> Result<()> {
             .find(|l| l.id == lead)
             .map(|l| (l.pipeline_id, l.status_id))
             .context("the lead just added to the Kommo sandbox")?;
-        let token = shared::auth::issue_staff_token(&dev.spec.staff_jwt.hs256_secret, "dev-operator", "admin", 86_400);
+        let token = shared::platform::auth::issue_staff_token(&dev.spec.staff_jwt.hs256_secret, "dev-operator", "admin", 86_400);
         println!(
             r#"
 The system is running. Ctrl-C stops everything.

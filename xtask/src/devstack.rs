@@ -70,12 +70,12 @@ impl DevStack {
         .await
         .context("start the Zoho sandbox")?;
 
-        let mut client = shared::db::DbSettings::from_url(&pg.admin_url)
+        let mut client = shared::platform::db::DbSettings::from_url(&pg.admin_url)
             .context("DATABASE_URL")?
             .connect()
             .await
             .context("connect to PostgreSQL")?;
-        shared::db::migrate(&mut client)
+        shared::platform::db::migrate(&mut client)
             .await
             .context("apply migrations")?;
         seed(&client, &kommo).await?;
@@ -103,7 +103,7 @@ impl DevStack {
         })
     }
 
-    /// Environment for the functions (config names as `shared::config` reads them).
+    /// Environment for the functions (config names as `shared::platform::config` reads them).
     pub fn function_env(&self) -> Vec<(String, String)> {
         let mut env = vec![
             ("DATABASE_URL".to_string(), self.db_url.clone()),
@@ -122,7 +122,7 @@ impl DevStack {
     }
 
     pub async fn db(&self) -> Result<tokio_postgres::Client> {
-        Ok(shared::db::DbSettings::from_url(&self.db_url)?
+        Ok(shared::platform::db::DbSettings::from_url(&self.db_url)?
             .connect()
             .await?)
     }
@@ -131,7 +131,7 @@ impl DevStack {
 /// Flags on, and the sandbox's users mapped to staff accounts.
 async fn seed(client: &tokio_postgres::Client, kommo: &KommoSandbox) -> Result<()> {
     for flag in ["enableKommoLive", "enableZohoLive"] {
-        shared::flags::set_flag(client, flag, true).await?;
+        shared::platform::flags::set_flag(client, flag, true).await?;
     }
     for user in kommo.users() {
         client

@@ -20,12 +20,12 @@ use http::{HeaderValue, Method};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::{
-    api::ApiError,
-    auth::verify_staff,
-    db::DbPool,
-    flags::{FeatureFlags, Flag},
+    platform::apigw::ApiError,
+    platform::auth::verify_staff,
+    platform::db::DbPool,
+    platform::flags::{FeatureFlags, Flag},
+    platform::secrets::StaffJwtSecret,
     refresh::{runs, JobQueue, RefreshError, RefreshSettings, StartOutcome},
-    secrets::StaffJwtSecret,
 };
 use uuid::Uuid;
 
@@ -280,7 +280,7 @@ fn method_not_allowed(allow: &str) -> ApiError {
     )
 }
 
-fn db_unavailable(e: shared::db::DbError) -> ApiError {
+fn db_unavailable(e: shared::platform::db::DbError) -> ApiError {
     tracing::error!(error = %e, "database unavailable");
     ApiError::new(503, "unavailable", "the database is unavailable")
 }

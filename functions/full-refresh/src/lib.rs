@@ -8,4 +8,4 @@
 pub mod http;
 pub mod worker;
 
-pub use shared::secrets::SecretSource;
+pub use shared::platform::secrets::SecretSource;

@@ -5,7 +5,10 @@ use std::{convert::Infallible, sync::Arc};
 use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use full_refresh::{http::HttpApp, SecretSource};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use shared::{config::Need, context::AppContext, refresh::RefreshSettings, sqs::Queue, telemetry};
+use shared::{
+    platform::{config::Need, context::AppContext, sqs::Queue, telemetry},
+    refresh::RefreshSettings,
+};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use shared::{refresh::JobMessage, sqs::Queue};
+use shared::{platform::sqs::Queue, refresh::JobMessage};
 use testkit::TestDb;
 
 async fn moto_queue() -> (Queue, aws_sdk_sqs::Client) {
@@ -178,7 +178,7 @@ async fn no_token_is_401_and_a_wrong_role_is_403_on_every_route() {
 }
 
 fn issue_forged() -> String {
-    shared::auth::issue_staff_token("not-the-key", "u", "admin", 600)
+    shared::platform::auth::issue_staff_token("not-the-key", "u", "admin", 600)
 }
 
 #[tokio::test]

@@ -21,11 +21,11 @@ use sandbox::kommo::{data, KommoOptions, KommoSandbox, SandboxLead};
 use serde_json::Value;
 use shared::{
     kommo::{KommoClient, KommoClientOptions},
+    platform::secrets::Redacted,
     refresh::{
         alert::SlackTarget, run_to_completion, worker::drain, Alerter, Deadline, JobOutcome,
         MemoryQueue, RefreshSettings, RunStatus, Worker,
     },
-    secrets::Redacted,
 };
 use testkit::TestDb;
 
@@ -621,7 +621,7 @@ async fn year_bounds_can_follow_the_account_timezone() {
         &kommo,
         queue.clone(),
         RefreshSettings {
-            year_bounds: shared::config::YearBounds::AccountTimezone,
+            year_bounds: shared::platform::config::YearBounds::AccountTimezone,
             ..settings()
         },
     );

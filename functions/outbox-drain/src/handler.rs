@@ -10,7 +10,7 @@ use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use shared::{
     outbox::{Drain, OutboxError},
-    telemetry::Metrics,
+    platform::telemetry::Metrics,
 };
 
 /// Used when the runtime gives no deadline (local invokes without one).
@@ -72,7 +72,7 @@ impl From<HandlerError> for lambda_runtime::Diagnostic {
 
 /// The instant the drain must be done by, from the runtime's deadline.
 fn deadline_of(ctx: &lambda_runtime::Context) -> Instant {
-    Instant::now() + shared::context::time_left(ctx.deadline).unwrap_or(FALLBACK_BUDGET)
+    Instant::now() + shared::platform::context::time_left(ctx.deadline).unwrap_or(FALLBACK_BUDGET)
 }
 
 pub async fn handle(drain: &Drain, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
@@ -104,7 +104,11 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use shared::{config::OutboxSettings, flags::FeatureFlags, outbox, zoho::LazyZohoClient};
+    use shared::{
+        outbox,
+        platform::{config::OutboxSettings, flags::FeatureFlags},
+        zoho::LazyZohoClient,
+    };
 
     fn sample(name: &str) -> Value {
         let path = format!("{}/../../events/{name}", env!("CARGO_MANIFEST_DIR"));

@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use lambda_runtime::{service_fn, LambdaEvent};
 use serde_json::Value;
-use shared::{context::AppContext, outbox::Drain};
+use shared::{outbox::Drain, platform::context::AppContext};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    shared::telemetry::init();
+    shared::platform::telemetry::init();
     // ZOHO_SECRET_ID is read lazily: with enableZohoLive off the drain needs no secret.
     let ctx = AppContext::from_env(&[]).await.inspect_err(|e| {
         tracing::error!(error = %e, "outbox-drain could not start");

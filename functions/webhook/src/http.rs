@@ -9,7 +9,7 @@ use aws_lambda_events::encodings::Body;
 use base64::Engine;
 use http::{HeaderValue, Method};
 use serde_json::{json, Value};
-use shared::api::ApiError;
+use shared::platform::apigw::ApiError;
 
 use crate::{manual::ManualBookings, receiver::Receiver};
 

@@ -11,4 +11,4 @@ pub mod processor;
 pub mod receiver;
 pub mod settings;
 
-pub use shared::secrets::SecretSource;
+pub use shared::platform::secrets::SecretSource;

@@ -4,7 +4,7 @@ use std::{convert::Infallible, sync::Arc};
 
 use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use shared::{config::Need, context::AppContext, sqs::Queue, telemetry};
+use shared::platform::{config::Need, context::AppContext, sqs::Queue, telemetry};
 use webhook::{
     http::HttpApp, manual::ManualBookings, receiver::Receiver, settings::ReceiverSettings,
     SecretSource,

@@ -4,11 +4,11 @@ use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse
 use http::Method;
 use serde_json::json;
 use shared::{
-    api::ApiError,
-    auth::verify_staff,
     bookings::{create_manual, validate, BookingError},
-    db::DbPool,
-    secrets::StaffJwtSecret,
+    platform::apigw::ApiError,
+    platform::auth::verify_staff,
+    platform::db::DbPool,
+    platform::secrets::StaffJwtSecret,
 };
 
 use crate::{

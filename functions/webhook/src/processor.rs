@@ -12,15 +12,15 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use shared::{
-    db::{DbError, DbPool},
-    flags::{FeatureFlags, Flag},
     ingest::{self, ClientInput, EventRow, LeadOutcome},
     kommo::{
         map_contact, map_lead_with_contact,
         webhook::{body_hash, parse_delivery, Action, Delivery, Entity, Event, QueuedDelivery},
         KommoClient, MappedContact, MappedLead, MappingConfig,
     },
-    telemetry::{Metrics, Unit},
+    platform::db::{DbError, DbPool},
+    platform::flags::{FeatureFlags, Flag},
+    platform::telemetry::{Metrics, Unit},
 };
 use tracing::Instrument;
 use uuid::Uuid;
@@ -417,7 +417,7 @@ fn all_failed(records: &[SqsMessage]) -> SqsBatchResponse {
 }
 
 async fn apply_event(
-    tx: &shared::db::PooledTransaction<'_>,
+    tx: &shared::platform::db::PooledTransaction<'_>,
     ev: &Event,
     fetched: &Fetched,
 ) -> Result<(), ProcessError> {

@@ -12,13 +12,13 @@ use http::Method;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use shared::{
-    api::ApiError,
-    db::DbPool,
-    flags::{FeatureFlags, Flag},
     ingest,
     kommo::webhook::{body_hash, parse_delivery, Delivery, QueuedDelivery},
-    secrets::KommoSecret,
-    sqs::{Queue, SqsError},
+    platform::apigw::ApiError,
+    platform::db::DbPool,
+    platform::flags::{FeatureFlags, Flag},
+    platform::secrets::KommoSecret,
+    platform::sqs::{Queue, SqsError},
 };
 use subtle::ConstantTimeEq;
 use tracing::Instrument;

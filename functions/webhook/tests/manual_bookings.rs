@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use http::HeaderValue;
-use shared::{auth::issue_staff_token, sqs::Queue};
+use shared::platform::{auth::issue_staff_token, sqs::Queue};
 
 async fn app(db: &testkit::TestDb) -> webhook::http::HttpApp {
     let sqs = sqs().await;

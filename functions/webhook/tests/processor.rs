@@ -11,8 +11,8 @@ use common::*;
 use sandbox::kommo::{ForcedError, KommoOptions, KommoSandbox, WebhookAction, WebhookEvent};
 use shared::{
     kommo::{webhook::QueuedDelivery, KommoClient, KommoClientOptions},
-    secrets::Redacted,
-    sqs::Queue,
+    platform::secrets::Redacted,
+    platform::sqs::Queue,
 };
 use webhook::processor::Processor;
 
@@ -514,7 +514,7 @@ async fn with_the_flag_off_the_processor_leaves_the_batch_in_the_queue() {
 
 /// A processor wired like `webhook-processor`'s main, against the sandbox,
 /// with retry delays shortened so the failure tests stay fast.
-fn processor_for(pool: &shared::db::DbPool, kommo: &KommoSandbox) -> Processor {
+fn processor_for(pool: &shared::platform::db::DbPool, kommo: &KommoSandbox) -> Processor {
     let client = KommoClient::with_token(
         &kommo.base_url(),
         Redacted::new(kommo.token()),
@@ -527,7 +527,7 @@ fn processor_for(pool: &shared::db::DbPool, kommo: &KommoSandbox) -> Processor {
     .unwrap();
     Processor {
         pool: pool.clone(),
-        flags: Arc::new(shared::flags::FeatureFlags::new(
+        flags: Arc::new(shared::platform::flags::FeatureFlags::new(
             pool.clone(),
             Duration::ZERO,
         )),

@@ -6,7 +6,7 @@ mod common;
 use base64::Engine;
 use common::*;
 use http::{HeaderValue, Method};
-use shared::{kommo::webhook::QueuedDelivery, sqs::Queue};
+use shared::{kommo::webhook::QueuedDelivery, platform::sqs::Queue};
 
 fn decoded_body(req: &aws_lambda_events::apigw::ApiGatewayV2httpRequest) -> String {
     let raw = req.body.clone().unwrap();
@@ -302,7 +302,7 @@ async fn secrets_come_from_secrets_manager_as_in_production() {
     )
     .await;
     let secrets = std::sync::Arc::new(
-        shared::secrets::Secrets::new(&sdk, std::time::Duration::from_secs(60))
+        shared::platform::secrets::Secrets::new(&sdk, std::time::Duration::from_secs(60))
             .await
             .unwrap(),
     );

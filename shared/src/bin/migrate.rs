@@ -1,11 +1,11 @@
 //! Applies the embedded migrations using the same settings as the functions
 //! (`DATABASE_URL`, or `DB_SECRET_ID` with an RDS-format secret).
 
-use shared::{config::Config, db::DbSettings, secrets::Secrets};
+use shared::platform::{config::Config, db::DbSettings, secrets::Secrets};
 
 #[tokio::main]
 async fn main() {
-    shared::telemetry::init();
+    shared::platform::telemetry::init();
     if let Err(e) = run().await {
         tracing::error!(error = %e, "migration failed");
         eprintln!("migrate: {e}");
@@ -19,7 +19,7 @@ async fn run() -> anyhow::Result<()> {
     let secrets = Secrets::new(&sdk, config.secrets_ttl).await?;
     let settings = DbSettings::resolve(&config, Some(&secrets)).await?;
     let mut client = settings.connect().await?;
-    let applied = shared::db::migrate(&mut client).await?;
+    let applied = shared::platform::db::migrate(&mut client).await?;
     if applied.is_empty() {
         println!("migrate: schema is up to date");
     } else {

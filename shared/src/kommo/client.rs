@@ -15,8 +15,8 @@ use serde_json::Value;
 
 use super::model::{AccountTimezone, Contact, EntityError, Lead};
 use crate::{
-    config::Config,
-    secrets::{KommoSecret, Redacted},
+    platform::config::Config,
+    platform::secrets::{KommoSecret, Redacted},
 };
 
 /// Kommo returns at most 250 entities per page.

@@ -28,10 +28,10 @@ use super::{
     OutboxError, ENTITY_BOOKING, ENTITY_CLIENT, EVENT_CONTACT_UPSERT, EVENT_SALES_ORDER_CREATE,
 };
 use crate::{
-    config::{OutboxSettings, ZohoSettings},
-    db::DbPool,
-    flags::{FeatureFlags, Flag},
-    telemetry::{Metrics, Unit},
+    platform::config::{OutboxSettings, ZohoSettings},
+    platform::db::DbPool,
+    platform::flags::{FeatureFlags, Flag},
+    platform::telemetry::{Metrics, Unit},
     zoho::{ErrorClass, LazyZohoClient, RecordResult, ZohoClient, ZohoError, MAX_RECORDS_PER_CALL},
 };
 
@@ -150,7 +150,7 @@ impl Drain {
 
     /// The drain of a Lambda container: the Zoho client is built from
     /// `ZOHO_SECRET_ID` the first time the flag is on.
-    pub fn from_context(ctx: &crate::context::AppContext) -> Self {
+    pub fn from_context(ctx: &crate::platform::context::AppContext) -> Self {
         let zoho = match &ctx.config.zoho_secret_id {
             Some(id) => LazyZohoClient::from_secret(
                 ctx.secrets.clone(),

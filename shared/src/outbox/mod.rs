@@ -17,7 +17,7 @@ mod store;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::db::DbError;
+use crate::platform::db::DbError;
 
 pub use backoff::backoff;
 pub use drain::{Drain, DrainReport, StopReason};

@@ -10,8 +10,8 @@ use serde_json::json;
 
 use super::runs::{RunRecord, RunStatus};
 use crate::{
-    flags::{FeatureFlags, Flag},
-    secrets::{Redacted, Secrets, SlackSecret},
+    platform::flags::{FeatureFlags, Flag},
+    platform::secrets::{Redacted, Secrets, SlackSecret},
 };
 
 /// Where the Slack webhook URL comes from.

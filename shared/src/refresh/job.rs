@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::RefreshError;
-use crate::sqs::Queue;
+use crate::platform::sqs::Queue;
 
 /// `{"runId": "…", "invocation": 0}`: work on this run from its checkpoint.
 /// A first job and a continuation are the same message, so a redelivered
@@ -117,9 +117,9 @@ impl Deadline {
         }
     }
 
-    /// From `lambda_runtime::Context::deadline`; see [`crate::context::time_left`].
+    /// From `lambda_runtime::Context::deadline`; see [`crate::platform::context::time_left`].
     pub fn from_epoch_ms(deadline_ms: u64, margin: Duration) -> Self {
-        match crate::context::time_left(deadline_ms) {
+        match crate::platform::context::time_left(deadline_ms) {
             Some(left) => Self::after(left, margin),
             None => Self::none(),
         }

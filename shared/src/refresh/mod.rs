@@ -23,7 +23,7 @@ pub use runs::{RunRecord, RunStatus, StartOutcome};
 pub use settings::{RefreshSettings, StagingMethod};
 pub use worker::{run_to_completion, Checkpoint, JobOutcome, Worker};
 
-use crate::db::DbError;
+use crate::platform::db::DbError;
 
 /// Why a refresh step failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,10 +1,10 @@
 //! Settings of the full refresh. The common ones come from [`Config`]; the
 //! few only the refresh uses are read here, with the same collect-every-
-//! problem behaviour, so `shared::config` stays the foundation's.
+//! problem behaviour, so `shared::platform::config` stays the foundation's.
 
 use std::time::Duration;
 
-use crate::config::{Config, ConfigError, YearBounds};
+use crate::platform::config::{Config, ConfigError, YearBounds};
 
 /// How staged rows reach Postgres. Binary `COPY` is the real path; one
 /// `INSERT` per row exists only so the benchmark can measure the difference.

@@ -23,12 +23,12 @@ use super::{
     RefreshError,
 };
 use crate::{
-    config::YearBounds,
-    db::DbPool,
-    flags::{FeatureFlags, Flag},
     kommo::{
         map_contact, map_lead, mapping::STATUS_LOST, KommoClient, KommoError, Lead, MappingConfig,
     },
+    platform::config::YearBounds,
+    platform::db::DbPool,
+    platform::flags::{FeatureFlags, Flag},
 };
 
 /// Where fetching stands; stored in `kommo_import_runs.checkpoint`.

@@ -15,9 +15,9 @@ use super::{
     token::{AccessToken, TokenManager},
 };
 use crate::{
-    config::ZohoSettings,
-    db::DbPool,
-    secrets::{Secrets, ZohoSecret},
+    platform::config::ZohoSettings,
+    platform::db::DbPool,
+    platform::secrets::{Secrets, ZohoSecret},
 };
 
 /// Zoho's limit on records per insert/upsert call.

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::{db::DbError, secrets::SecretError};
+use crate::platform::{db::DbError, secrets::SecretError};
 
 /// What the caller should do about a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

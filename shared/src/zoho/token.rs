@@ -16,8 +16,8 @@ use subtle::ConstantTimeEq;
 
 use super::error::ZohoError;
 use crate::{
-    db::DbPool,
-    secrets::{Redacted, ZohoSecret},
+    platform::db::DbPool,
+    platform::secrets::{Redacted, ZohoSecret},
 };
 
 /// The row of `zoho_oauth_tokens` used when none is named.

@@ -97,7 +97,7 @@ pub async fn aws_config_from_env() -> aws_config::SdkConfig {
 
 // ------------------------------------------------------------------ provision
 
-/// Kommo secret contents (`shared::secrets::KommoSecret`).
+/// Kommo secret contents (`shared::platform::secrets::KommoSecret`).
 #[derive(Debug, Clone)]
 pub struct KommoSecretSpec {
     /// Usually the Kommo sandbox's URL.
@@ -107,7 +107,7 @@ pub struct KommoSecretSpec {
     pub account_id: Option<i64>,
 }
 
-/// Zoho secret contents (`shared::secrets::ZohoSecret`).
+/// Zoho secret contents (`shared::platform::secrets::ZohoSecret`).
 #[derive(Debug, Clone)]
 pub struct ZohoSecretSpec {
     pub client_id: String,
@@ -118,7 +118,7 @@ pub struct ZohoSecretSpec {
     pub api_domain: Option<String>,
 }
 
-/// Staff JWT secret contents (`shared::secrets::StaffJwtSecret`).
+/// Staff JWT secret contents (`shared::platform::secrets::StaffJwtSecret`).
 #[derive(Debug, Clone)]
 pub struct StaffJwtSecretSpec {
     pub hs256_secret: String,
@@ -126,7 +126,7 @@ pub struct StaffJwtSecretSpec {
     pub audience: Option<String>,
 }
 
-/// RDS-format database secret contents (`shared::secrets::DbSecret`).
+/// RDS-format database secret contents (`shared::platform::secrets::DbSecret`).
 #[derive(Debug, Clone)]
 pub struct DbSecretSpec {
     pub host: String,
@@ -209,7 +209,7 @@ pub struct Provisioned {
 }
 
 impl Provisioned {
-    /// Environment variables for the functions, named as `shared::config` reads them.
+    /// Environment variables for the functions, named as `shared::platform::config` reads them.
     pub fn env(&self) -> Vec<(String, String)> {
         let mut env = vec![
             ("KOMMO_SECRET_ID", self.kommo_secret_id.clone()),
@@ -228,7 +228,7 @@ impl Provisioned {
     }
 }
 
-/// The secret JSON documents, in the shapes `shared::secrets` parses.
+/// The secret JSON documents, in the shapes `shared::platform::secrets` parses.
 pub fn secret_documents(spec: &ProvisionSpec) -> Vec<(&'static str, Value)> {
     let mut docs = vec![
         (

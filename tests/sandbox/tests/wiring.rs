@@ -307,26 +307,33 @@ async fn provisioning_is_idempotent_and_secrets_have_the_shapes_shared_reads() {
                 .unwrap()
         }
     };
-    let kommo: shared::secrets::KommoSecret =
-        shared::secrets::parse_secret("kommo", &read(second.kommo_secret_id.clone()).await)
-            .unwrap();
+    let kommo: shared::platform::secrets::KommoSecret = shared::platform::secrets::parse_secret(
+        "kommo",
+        &read(second.kommo_secret_id.clone()).await,
+    )
+    .unwrap();
     assert_eq!(kommo.base_url, "http://127.0.0.1:7999");
     assert_eq!(kommo.webhook_token.expose(), spec.kommo.webhook_token);
-    let zoho: shared::secrets::ZohoSecret =
-        shared::secrets::parse_secret("zoho", &read(second.zoho_secret_id.clone()).await).unwrap();
+    let zoho: shared::platform::secrets::ZohoSecret =
+        shared::platform::secrets::parse_secret("zoho", &read(second.zoho_secret_id.clone()).await)
+            .unwrap();
     assert_eq!(zoho.accounts_url, "http://127.0.0.1:7002");
-    let jwt: shared::secrets::StaffJwtSecret =
-        shared::secrets::parse_secret("jwt", &read(second.staff_jwt_secret_id.clone()).await)
-            .unwrap();
+    let jwt: shared::platform::secrets::StaffJwtSecret = shared::platform::secrets::parse_secret(
+        "jwt",
+        &read(second.staff_jwt_secret_id.clone()).await,
+    )
+    .unwrap();
     assert_eq!(jwt.hs256_secret.expose(), spec.staff_jwt.hs256_secret);
-    let db: shared::secrets::DbSecret =
-        shared::secrets::parse_secret("db", &read(second.db_secret_id.clone().unwrap()).await)
-            .unwrap();
+    let db: shared::platform::secrets::DbSecret = shared::platform::secrets::parse_secret(
+        "db",
+        &read(second.db_secret_id.clone().unwrap()).await,
+    )
+    .unwrap();
     assert_eq!(
         (db.host.as_str(), db.port, db.dbname.as_str()),
         ("127.0.0.1", 55432, "erp")
     );
-    let slack: shared::secrets::SlackSecret = shared::secrets::parse_secret(
+    let slack: shared::platform::secrets::SlackSecret = shared::platform::secrets::parse_secret(
         "slack",
         &read(second.slack_secret_id.clone().unwrap()).await,
     )
@@ -349,19 +356,19 @@ async fn provisioning_is_idempotent_and_secrets_have_the_shapes_shared_reads() {
     assert_eq!(policy["deadLetterTargetArn"], second.kommo_events.dlq_arn);
     assert_eq!(policy["maxReceiveCount"].to_string().trim_matches('"'), "7");
 
-    // The environment the functions get names what shared::config reads.
+    // The environment the functions get names what shared::platform::config reads.
     let env: std::collections::HashMap<String, String> = second.env().into_iter().collect();
     assert_eq!(env["KOMMO_EVENTS_QUEUE_URL"], second.kommo_events.url);
     assert_eq!(env["FULL_REFRESH_QUEUE_URL"], second.full_refresh_jobs.url);
     let mut with_db = env.clone();
     with_db.insert("DATABASE_URL".into(), "postgres://localhost/x".into());
-    let cfg = shared::config::Config::from_lookup(
+    let cfg = shared::platform::config::Config::from_lookup(
         &[
-            shared::config::Need::KommoSecret,
-            shared::config::Need::ZohoSecret,
-            shared::config::Need::StaffJwtSecret,
-            shared::config::Need::KommoEventsQueue,
-            shared::config::Need::FullRefreshQueue,
+            shared::platform::config::Need::KommoSecret,
+            shared::platform::config::Need::ZohoSecret,
+            shared::platform::config::Need::StaffJwtSecret,
+            shared::platform::config::Need::KommoEventsQueue,
+            shared::platform::config::Need::FullRefreshQueue,
         ],
         |k| with_db.get(k).cloned(),
     )

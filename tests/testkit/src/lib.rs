@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use shared::db::{DbPool, DbSettings};
+use shared::platform::db::{DbPool, DbSettings};
 use tokio_postgres::NoTls;
 
 /// A fresh database with every migration applied, dropped when the value is dropped.
@@ -56,7 +56,7 @@ async fn connect(url: &str) -> tokio_postgres::Client {
 impl TestDb {
     pub async fn new() -> Self {
         let admin_url = admin_url();
-        let template = format!("kz_tmpl_{}", shared::db::migrations_fingerprint());
+        let template = format!("kz_tmpl_{}", shared::platform::db::migrations_fingerprint());
         let admin = connect(&admin_url).await;
         admin
             .execute("SELECT pg_advisory_lock(727274)", &[])
@@ -73,7 +73,9 @@ impl TestDb {
                 .await
                 .expect("create template database");
             let mut c = connect(&with_database(&admin_url, &template)).await;
-            shared::db::migrate(&mut c).await.expect("migrate template");
+            shared::platform::db::migrate(&mut c)
+                .await
+                .expect("migrate template");
             drop(c);
         }
         admin
@@ -115,7 +117,7 @@ impl TestDb {
 
     /// A connection from the pool, as the functions use: its transactions
     /// are the ones `shared::ingest` takes.
-    pub async fn pooled(&self) -> shared::db::PooledClient {
+    pub async fn pooled(&self) -> shared::platform::db::PooledClient {
         self.pool().get().await.expect("pooled connection")
     }
 
@@ -126,7 +128,7 @@ impl TestDb {
     /// Turns a feature flag on or off.
     pub async fn set_flag(&self, key: &str, enabled: bool) {
         let c = self.client().await;
-        let n = shared::flags::set_flag(&c, key, enabled)
+        let n = shared::platform::flags::set_flag(&c, key, enabled)
             .await
             .expect("set flag");
         assert_eq!(n, 1, "unknown flag {key}");

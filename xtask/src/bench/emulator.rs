@@ -232,9 +232,10 @@ mod tests {
             ))
             .load()
             .await;
-        let secrets = shared::secrets::Secrets::new(&sdk, std::time::Duration::from_secs(60))
-            .await
-            .unwrap();
+        let secrets =
+            shared::platform::secrets::Secrets::new(&sdk, std::time::Duration::from_secs(60))
+                .await
+                .unwrap();
         let got = secrets.get_string("bench/x").await.unwrap();
         assert_eq!(got.expose(), r#"{"a":1}"#);
         assert!(secrets.get_string("bench/missing").await.is_err());

@@ -17,10 +17,10 @@ use futures::{stream, StreamExt, TryStreamExt};
 use sandbox::zoho::{ZohoOptions, ZohoSandbox, ENDPOINT_TOKEN};
 use serde_json::{json, Value};
 use shared::{
-    config::Config,
-    flags::FeatureFlags,
     outbox::{self, Drain},
-    secrets::ZohoSecret,
+    platform::config::Config,
+    platform::flags::FeatureFlags,
+    platform::secrets::ZohoSecret,
     zoho::{LazyZohoClient, ZohoClient},
 };
 use testkit::TestDb;

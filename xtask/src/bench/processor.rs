@@ -21,13 +21,13 @@ use anyhow::{bail, Context, Result};
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use sandbox::kommo::{KommoOptions, KommoSandbox, WebhookEvent};
 use shared::{
-    flags::FeatureFlags,
     ingest,
     kommo::{
         webhook::{parse_delivery, QueuedDelivery},
         KommoClient, KommoClientOptions,
     },
-    secrets::Redacted,
+    platform::flags::FeatureFlags,
+    platform::secrets::Redacted,
 };
 use testkit::TestDb;
 use webhook::processor::{Fetched, Processor};

@@ -22,9 +22,9 @@ use base64::Engine;
 use sandbox::kommo::{KommoOptions, KommoSandbox, WebhookAction, WebhookEvent};
 use serde_json::json;
 use shared::{
-    flags::FeatureFlags,
-    secrets::{KommoSecret, Redacted, StaffJwtSecret},
-    sqs::{Queue, SqsError},
+    platform::flags::FeatureFlags,
+    platform::secrets::{KommoSecret, Redacted, StaffJwtSecret},
+    platform::sqs::{Queue, SqsError},
 };
 use webhook::{
     http::HttpApp, manual::ManualBookings, receiver::DeliveryQueue, receiver::Receiver,
@@ -117,7 +117,11 @@ pub fn delivery_bodies(kommo: &KommoSandbox, n: usize) -> Vec<String> {
     out
 }
 
-fn app(pool: shared::db::DbPool, account_id: i64, queue: Arc<dyn DeliveryQueue>) -> HttpApp {
+fn app(
+    pool: shared::platform::db::DbPool,
+    account_id: i64,
+    queue: Arc<dyn DeliveryQueue>,
+) -> HttpApp {
     HttpApp {
         receiver: Receiver {
             secret: SecretSource::Fixed(KommoSecret {

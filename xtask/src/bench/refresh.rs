@@ -26,15 +26,15 @@ use chrono::{DateTime, Datelike, TimeZone, Utc};
 use sandbox::kommo::{data, KommoOptions, KommoSandbox};
 use serde::{Deserialize, Serialize};
 use shared::{
-    db::DbSettings,
-    flags::FeatureFlags,
     kommo::{KommoClient, KommoClientOptions},
+    platform::db::DbSettings,
+    platform::flags::FeatureFlags,
+    platform::secrets::Redacted,
     refresh::{
         run_to_completion,
         staging::{stage_page, StagedContact, StagedLead, StagedPage, StagedVehicle},
         MemoryQueue, RefreshSettings, RunStatus, StagingMethod, Worker,
     },
-    secrets::Redacted,
 };
 use testkit::TestDb;
 use uuid::Uuid;

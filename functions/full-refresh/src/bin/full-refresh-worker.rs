@@ -6,13 +6,13 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use full_refresh::worker::WorkerApp;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use shared::{
-    config::Need,
-    context::AppContext,
     kommo::{KommoClient, KommoClientOptions},
+    platform::config::Need,
+    platform::context::AppContext,
+    platform::secrets::KommoSecret,
+    platform::sqs::Queue,
+    platform::telemetry,
     refresh::{alert::SlackTarget, Alerter, Deadline, RefreshSettings, Worker},
-    secrets::KommoSecret,
-    sqs::Queue,
-    telemetry,
 };
 
 #[tokio::main]

@@ -7,10 +7,10 @@ use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use full_refresh::{http::HttpApp, SecretSource};
 use serde_json::{json, Value};
 use shared::{
-    auth::issue_staff_token,
-    flags::FeatureFlags,
+    platform::auth::issue_staff_token,
+    platform::flags::FeatureFlags,
+    platform::secrets::{Redacted, StaffJwtSecret},
     refresh::{JobQueue, RefreshSettings},
-    secrets::{Redacted, StaffJwtSecret},
 };
 use testkit::TestDb;
 

@@ -5,11 +5,11 @@ use std::{convert::Infallible, sync::Arc};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use shared::{
-    config::Need,
-    context::AppContext,
     kommo::{KommoClient, KommoClientOptions},
-    secrets::KommoSecret,
-    telemetry,
+    platform::config::Need,
+    platform::context::AppContext,
+    platform::secrets::KommoSecret,
+    platform::telemetry,
 };
 use webhook::processor::Processor;
 

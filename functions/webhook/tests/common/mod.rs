@@ -6,10 +6,10 @@ use std::{sync::Arc, time::Duration};
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::encodings::Body;
 use shared::{
-    db::{DbPool, DbSettings},
-    flags::FeatureFlags,
-    secrets::{KommoSecret, Redacted, StaffJwtSecret},
-    sqs::Queue,
+    platform::db::{DbPool, DbSettings},
+    platform::flags::FeatureFlags,
+    platform::secrets::{KommoSecret, Redacted, StaffJwtSecret},
+    platform::sqs::Queue,
 };
 use webhook::{
     http::HttpApp, manual::ManualBookings, receiver::Receiver, settings::ReceiverSettings,
@@ -147,7 +147,7 @@ pub async fn count(client: &tokio_postgres::Client, sql: &str) -> i64 {
 
 /// Sets `enableKommoLive`.
 pub async fn set_live(client: &tokio_postgres::Client, on: bool) {
-    shared::flags::set_flag(client, "enableKommoLive", on)
+    shared::platform::flags::set_flag(client, "enableKommoLive", on)
         .await
         .expect("flag update");
 }

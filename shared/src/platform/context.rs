@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use crate::{
-    config::{Config, ConfigError, Need},
-    db::{DbError, DbPool, DbSettings},
-    flags::FeatureFlags,
-    secrets::{SecretError, Secrets},
+    platform::config::{Config, ConfigError, Need},
+    platform::db::{DbError, DbPool, DbSettings},
+    platform::flags::FeatureFlags,
+    platform::secrets::{SecretError, Secrets},
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::{api::ApiError, secrets::StaffJwtSecret};
+use crate::platform::{apigw::ApiError, secrets::StaffJwtSecret};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Staff {
@@ -105,7 +105,7 @@ pub fn issue_staff_token(secret: &str, sub: &str, role: &str, ttl_seconds: i64) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secrets::Redacted;
+    use crate::platform::secrets::Redacted;
 
     fn secret() -> StaffJwtSecret {
         StaffJwtSecret {

@@ -14,8 +14,8 @@ use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, Recycling
 use tokio_postgres::config::{Host, SslMode};
 
 use crate::{
-    config::{Config, DbSource},
-    secrets::{DbSecret, SecretError, Secrets},
+    platform::config::{Config, DbSource},
+    platform::secrets::{DbSecret, SecretError, Secrets},
 };
 
 /// A pooled connection unused for this long is checked before it is handed out.

@@ -1,0 +1,18 @@
+//! Platform: what every function needs from AWS and Postgres, and nothing
+//! about Kommo, Zoho or the ERP's tables.
+//!
+//! Settings from the environment, secrets, the database pool, feature flags,
+//! staff authentication, SQS, API Gateway plumbing, the Lambda deadline and
+//! telemetry live here. Domain modules may depend on this folder; nothing
+//! here depends on them.
+
+pub mod apigw;
+pub mod auth;
+pub mod config;
+pub mod context;
+pub mod db;
+pub mod flags;
+pub mod secrets;
+pub mod sqs;
+pub mod telemetry;
+pub mod text;
