@@ -4,7 +4,7 @@
 //! [`platform::context`] once per cold start and calls domain code from here, so the
 //! logic can be tested against a real Postgres without AWS.
 
-pub mod bookings;
+pub mod erp;
 pub mod ingest;
 pub mod kommo;
 pub mod outbox;

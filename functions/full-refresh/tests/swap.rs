@@ -415,6 +415,137 @@ async fn an_error_in_the_swap_rolls_everything_back() {
     assert_eq!(RunStatus::parse(&status), Some(RunStatus::Running));
 }
 
+/// Clients as (full name, email, phone, Kommo contact id), oldest first.
+async fn clients(db: &TestDb) -> Vec<(String, Option<String>, Option<String>, Option<i64>)> {
+    let c = db.client().await;
+    c.query(
+        "SELECT full_name, email, phone_normalized, kommo_contact_id FROM clients
+          ORDER BY created_at, kommo_contact_id NULLS FIRST",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+    .collect()
+}
+
+#[tokio::test]
+async fn a_manual_client_with_a_kommo_contacts_email_gets_no_twin() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    // Typed by staff during an outage, before the contact reached the ERP.
+    let manual: Uuid = c
+        .query_one(
+            "INSERT INTO clients (full_name, email, zoho_contact_id)
+             VALUES ('Client Fifty', 'C50@Example.TEST', 'Z-50') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let run_id = running_run(&db, 2025).await;
+    stage(&db, run_id, &page(3), StagingMethod::BinaryCopy).await;
+    assert!(matches!(
+        run_swap(&db, run_id).await,
+        SwapOutcome::Succeeded(_)
+    ));
+
+    let all = clients(&db).await;
+    assert_eq!(all.len(), 2, "contact 50 is the manual client: {all:?}");
+    let matched = c
+        .query_one(
+            "SELECT kommo_contact_id, full_name, email, phone_normalized, zoho_contact_id
+               FROM clients WHERE id = $1",
+            &[&manual],
+        )
+        .await
+        .unwrap();
+    assert_eq!(matched.get::<_, Option<i64>>(0), Some(50));
+    assert_eq!(matched.get::<_, String>(1), "Client 50");
+    // Kommo's values win, and the Zoho link staff's booking made stays.
+    assert_eq!(
+        matched.get::<_, Option<String>>(2).as_deref(),
+        Some("c50@example.test")
+    );
+    assert_eq!(
+        matched.get::<_, Option<String>>(3).as_deref(),
+        Some("79001234567")
+    );
+    assert_eq!(matched.get::<_, Option<String>>(4).as_deref(), Some("Z-50"));
+    // Contact 50's leads (1000, 1002 and the excluded 2000) point at it.
+    let linked: Vec<String> = c
+        .query(
+            "SELECT lead_code FROM sales_leads WHERE client_id = $1 ORDER BY 1",
+            &[&manual],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(linked, vec!["1000", "1002", "2000"]);
+    let booked = c
+        .query_one(
+            "SELECT count(*) FROM bookings WHERE client_id = $1 AND is_active",
+            &[&manual],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(booked, 2);
+}
+
+#[tokio::test]
+async fn a_manual_client_found_by_phone_goes_to_one_contact_and_a_shared_phone_stays_two_clients() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.execute(
+        "INSERT INTO clients (full_name, phone, phone_normalized)
+         VALUES ('Walk-in', '8 900 123 45 67', '79001234567')",
+        &[],
+    )
+    .await
+    .unwrap();
+    let run_id = running_run(&db, 2025).await;
+    // Contacts 50 and 51 share a phone, as a family does.
+    stage(&db, run_id, &page(3), StagingMethod::BinaryCopy).await;
+    assert!(matches!(
+        run_swap(&db, run_id).await,
+        SwapOutcome::Succeeded(_)
+    ));
+
+    let all = clients(&db).await;
+    let ids: Vec<Option<i64>> = all.iter().map(|c| c.3).collect();
+    // As webhooks applied one by one would: the first contact takes the
+    // walk-in, the second is then tied to no client and gets its own.
+    assert_eq!(ids, vec![Some(50), Some(51)], "{all:?}");
+    assert_eq!(all[0].0, "Client 50");
+}
+
+#[tokio::test]
+async fn a_second_refresh_changes_no_client() {
+    let db = TestDb::new().await;
+    db.client()
+        .await
+        .execute(
+            "INSERT INTO clients (full_name, email) VALUES ('Client Fifty', 'c50@example.test')",
+            &[],
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let run_id = running_run(&db, 2025).await;
+        stage(&db, run_id, &page(3), StagingMethod::BinaryCopy).await;
+        assert!(matches!(
+            run_swap(&db, run_id).await,
+            SwapOutcome::Succeeded(_)
+        ));
+    }
+    let ids: Vec<Option<i64>> = clients(&db).await.iter().map(|c| c.3).collect();
+    assert_eq!(ids, vec![Some(50), Some(51)]);
+}
+
 #[tokio::test]
 async fn newer_webhook_changes_are_not_rolled_back_by_the_snapshot() {
     let db = TestDb::new().await;

@@ -4,7 +4,7 @@ use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse
 use http::Method;
 use serde_json::json;
 use shared::{
-    bookings::{create_manual, validate, BookingError},
+    ingest::manual::{create_manual, validate, BookingError},
     platform::apigw::ApiError,
     platform::auth::verify_staff,
     platform::db::DbPool,
@@ -112,7 +112,7 @@ impl ManualBookings {
     }
 }
 
-fn invalid(problems: Vec<shared::bookings::FieldProblem>) -> ApiGatewayV2httpResponse {
+fn invalid(problems: Vec<shared::ingest::manual::FieldProblem>) -> ApiGatewayV2httpResponse {
     error_response(
         ApiError::new(
             422,

@@ -10,6 +10,7 @@ use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use common::*;
 use sandbox::kommo::{ForcedError, KommoOptions, KommoSandbox, WebhookAction, WebhookEvent};
 use shared::{
+    ingest::Pipeline,
     kommo::{webhook::QueuedDelivery, KommoClient, KommoClientOptions},
     platform::secrets::Redacted,
     platform::sqs::Queue,
@@ -525,14 +526,14 @@ fn processor_for(pool: &shared::platform::db::DbPool, kommo: &KommoSandbox) -> P
         },
     )
     .unwrap();
-    Processor {
+    Processor::from(Pipeline {
         pool: pool.clone(),
         flags: Arc::new(shared::platform::flags::FeatureFlags::new(
             pool.clone(),
             Duration::ZERO,
         )),
         kommo: client,
-    }
+    })
 }
 
 /// A queue with a dead-letter queue after `max_receive` receives, as in `template.yaml`.

@@ -10,6 +10,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::OutboxError;
+use crate::erp;
 
 /// A row claimed by a drain; `attempts` already counts this attempt.
 #[derive(Debug, Clone)]
@@ -312,35 +313,9 @@ pub(crate) async fn settle(
             }
         }
     }
-    if !c_ids.is_empty() {
-        tx.execute(
-            "UPDATE clients c
-                SET zoho_contact_id = u.zid, updated_at = now()
-               FROM (SELECT DISTINCT ON (id) id, zid
-                       FROM unnest($1::uuid[], $2::text[]) AS x(id, zid)) AS u
-              WHERE c.id = u.id AND c.zoho_contact_id IS DISTINCT FROM u.zid",
-            &[&c_ids, &c_zoho],
-        )
-        .await?;
-    }
-    if !b_ids.is_empty() {
-        tx.execute(
-            "UPDATE bookings b
-                SET zoho_sales_order_id = u.zid, zoho_sync_status = 'synced', updated_at = now()
-               FROM unnest($1::uuid[], $2::text[]) AS u(id, zid)
-              WHERE b.id = u.id",
-            &[&b_ids, &b_zoho],
-        )
-        .await?;
-    }
-    if !failed_bookings.is_empty() {
-        tx.execute(
-            "UPDATE bookings SET zoho_sync_status = 'failed', updated_at = now()
-              WHERE id = ANY($1) AND zoho_sync_status <> 'synced'",
-            &[&failed_bookings],
-        )
-        .await?;
-    }
+    erp::clients::set_zoho_contact_ids(&tx, &c_ids, &c_zoho).await?;
+    erp::bookings::set_sales_orders(&tx, &b_ids, &b_zoho).await?;
+    erp::bookings::mark_sync_failed(&tx, &failed_bookings).await?;
     tx.commit().await?;
     if owned.len() < settlements.len() {
         tracing::warn!(

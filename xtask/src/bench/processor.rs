@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use sandbox::kommo::{KommoOptions, KommoSandbox, WebhookEvent};
 use shared::{
-    ingest,
+    ingest::{self, Fetched, Pipeline},
     kommo::{
         webhook::{parse_delivery, QueuedDelivery},
         KommoClient, KommoClientOptions,
@@ -30,7 +30,7 @@ use shared::{
     platform::secrets::Redacted,
 };
 use testkit::TestDb;
-use webhook::processor::{Fetched, Processor};
+use webhook::processor::Processor;
 
 use super::{
     table::{Quantity, RowBuilder},
@@ -59,11 +59,11 @@ fn processor(db: &TestDb, kommo: &KommoSandbox) -> Result<Processor> {
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let pool = db.pool();
-    Ok(Processor {
+    Ok(Processor::from(Pipeline {
         pool: pool.clone(),
         flags: Arc::new(FeatureFlags::new(pool, Duration::from_secs(10))),
         kommo: client,
-    })
+    }))
 }
 
 fn sqs_batch(chunk: &[Delivery], account_id: i64) -> SqsEvent {
@@ -213,6 +213,7 @@ pub async fn run(b: &mut Bench) -> Result<()> {
     for chunk in deliveries.chunks(BATCH) {
         let ids: Vec<i64> = chunk.iter().map(|d| d.lead_id).collect();
         let f = p
+            .pipeline
             .fetch(&ids, &[])
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -5,6 +5,7 @@ use std::{convert::Infallible, sync::Arc};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use shared::{
+    ingest::Pipeline,
     kommo::{KommoClient, KommoClientOptions},
     platform::config::Need,
     platform::context::AppContext,
@@ -22,11 +23,11 @@ async fn main() -> Result<(), Error> {
     // tokens last months), so a rotation reaches the function as containers recycle.
     let secret: KommoSecret = ctx.secrets.get_json(&secret_id).await?;
     let kommo = KommoClient::new(&secret, KommoClientOptions::from_config(&ctx.config))?;
-    let processor = Arc::new(Processor {
+    let processor = Arc::new(Processor::from(Pipeline {
         pool: ctx.pool.clone(),
         flags: ctx.flags.clone(),
         kommo,
-    });
+    }));
     run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let processor = processor.clone();
         async move {

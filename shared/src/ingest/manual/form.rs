@@ -1,18 +1,16 @@
-//! Manual bookings (`POST /bookings`): the fallback when Kommo is down.
+//! Validation of a manual booking request (`POST /bookings`).
 //!
 //! Staff type these by hand, so validation reports every bad field at once
-//! instead of one per attempt. The booking is created with
-//! `channel = 'manual'` and the same Zoho work as a Kommo booking.
+//! instead of one per attempt.
 
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Client;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::{
-    ingest::{self, normalize_phone, ClientInput, Enqueued},
-    platform::db::DbError,
+    erp::{ClientInput, ClientRef, NewBooking},
+    kommo::mapping::normalize_phone,
 };
 
 /// One problem with one field of the request.
@@ -23,60 +21,12 @@ pub struct FieldProblem {
 }
 
 impl FieldProblem {
-    fn new(field: &str, problem: impl Into<String>) -> Self {
+    pub(super) fn new(field: &str, problem: impl Into<String>) -> Self {
         FieldProblem {
             field: field.to_string(),
             problem: problem.into(),
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientRef {
-    Existing(Uuid),
-    New(ClientInput),
-}
-
-/// A request that passed validation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewBooking {
-    pub external_code: Option<String>,
-    pub client: ClientRef,
-    pub start_at: DateTime<Utc>,
-    pub end_at: DateTime<Utc>,
-    pub vehicle_id: Option<Uuid>,
-    pub status: String,
-    pub source: Option<String>,
-    pub title: Option<String>,
-    pub notes: Option<String>,
-    /// Kept as text so `numeric(14,2)` receives exactly what staff typed.
-    pub total_amount: Option<String>,
-    pub currency: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum BookingError {
-    #[error("{} field(s) are invalid", .0.len())]
-    Invalid(Vec<FieldProblem>),
-    #[error("a booking with external_code `{0}` already exists")]
-    Duplicate(String),
-    #[error(transparent)]
-    Db(#[from] DbError),
-}
-
-impl From<tokio_postgres::Error> for BookingError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        BookingError::Db(DbError::Postgres(e))
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CreatedBooking {
-    pub booking_id: Uuid,
-    pub client_id: Uuid,
-    pub client_created: bool,
-    pub external_code: Option<String>,
-    pub enqueued: Vec<&'static str>,
 }
 
 const FIELDS: &[&str] = &[
@@ -214,24 +164,95 @@ fn amount(v: &Value) -> Result<String, &'static str> {
     Ok(text)
 }
 
+/// The request body as a JSON object.
+fn object(body: &[u8]) -> Result<Map<String, Value>, Vec<FieldProblem>> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        vec![FieldProblem::new(
+            "body",
+            format!(
+                "is not valid JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
+        )]
+    })?;
+    match value {
+        Value::Object(obj) => Ok(obj),
+        _ => Err(vec![FieldProblem::new("body", "must be a JSON object")]),
+    }
+}
+
+/// `client_id` or `client`, exactly one of them.
+fn client_ref(c: &mut Check<'_>) -> Option<ClientRef> {
+    let client_id = c.uuid("client_id");
+    let obj = c.obj;
+    match (client_id, obj.get("client")) {
+        (Some(id), None | Some(Value::Null)) => Some(ClientRef::Existing(id)),
+        (Some(_), Some(_)) => {
+            c.bad("client", "give either client_id or client, not both");
+            None
+        }
+        (None, Some(Value::Object(co))) => {
+            let mut cc = Check {
+                obj: co,
+                prefix: "client.",
+                problems: Vec::new(),
+            };
+            let client = new_client(&mut cc);
+            c.problems.append(&mut cc.problems);
+            client
+        }
+        (None, Some(_)) => {
+            c.bad("client", "must be an object");
+            None
+        }
+        (None, None) => {
+            if !c.problems.iter().any(|p| p.field == "client_id") {
+                c.bad("client", "client_id or client is required");
+            }
+            None
+        }
+    }
+}
+
+/// A new client's fields: a name, and an email or a phone.
+fn new_client(cc: &mut Check<'_>) -> Option<ClientRef> {
+    cc.unknown_fields(CLIENT_FIELDS);
+    let full_name = cc.required_text("full_name", 200);
+    let first_name = cc.text("first_name", 100);
+    let last_name = cc.text("last_name", 100);
+    let email = cc.text("email", 254);
+    if let Some(e) = &email {
+        if !looks_like_email(e) {
+            cc.bad("email", "is not an email address");
+        }
+    }
+    let phone = cc.text("phone", 40);
+    if let Some(p) = &phone {
+        let n = normalize_phone(p).map_or(0, |d| d.len());
+        if !(6..=15).contains(&n) {
+            cc.bad("phone", "must hold 6 to 15 digits");
+        }
+    }
+    if email.is_none() && phone.is_none() {
+        cc.bad("email", "an email or a phone is required");
+    }
+    full_name.map(|full_name| {
+        ClientRef::New(ClientInput {
+            kommo_contact_id: None,
+            full_name,
+            first_name,
+            last_name,
+            email,
+            phone,
+            kommo_updated_at: None,
+        })
+    })
+}
+
 /// Validates a request body and lists every problem.
 pub fn validate(body: &[u8]) -> Result<NewBooking, Vec<FieldProblem>> {
-    let value: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => {
-            return Err(vec![FieldProblem::new(
-                "body",
-                format!(
-                    "is not valid JSON (line {}, column {})",
-                    e.line(),
-                    e.column()
-                ),
-            )])
-        }
-    };
-    let Value::Object(obj) = value else {
-        return Err(vec![FieldProblem::new("body", "must be a JSON object")]);
-    };
+    let obj = object(body)?;
     let mut c = Check {
         obj: &obj,
         prefix: "",
@@ -252,63 +273,7 @@ pub fn validate(body: &[u8]) -> Result<NewBooking, Vec<FieldProblem>> {
         }
     }
 
-    let client_id = c.uuid("client_id");
-    let client = match (client_id, obj.get("client")) {
-        (Some(id), None | Some(Value::Null)) => Some(ClientRef::Existing(id)),
-        (Some(_), Some(_)) => {
-            c.bad("client", "give either client_id or client, not both");
-            None
-        }
-        (None, Some(Value::Object(co))) => {
-            let mut cc = Check {
-                obj: co,
-                prefix: "client.",
-                problems: Vec::new(),
-            };
-            cc.unknown_fields(CLIENT_FIELDS);
-            let full_name = cc.required_text("full_name", 200);
-            let first_name = cc.text("first_name", 100);
-            let last_name = cc.text("last_name", 100);
-            let email = cc.text("email", 254);
-            if let Some(e) = &email {
-                if !looks_like_email(e) {
-                    cc.bad("email", "is not an email address");
-                }
-            }
-            let phone = cc.text("phone", 40);
-            if let Some(p) = &phone {
-                let n = normalize_phone(p).map_or(0, |d| d.len());
-                if !(6..=15).contains(&n) {
-                    cc.bad("phone", "must hold 6 to 15 digits");
-                }
-            }
-            if email.is_none() && phone.is_none() {
-                cc.bad("email", "an email or a phone is required");
-            }
-            c.problems.append(&mut cc.problems);
-            full_name.map(|full_name| {
-                ClientRef::New(ClientInput {
-                    kommo_contact_id: None,
-                    full_name,
-                    first_name,
-                    last_name,
-                    email,
-                    phone,
-                    kommo_updated_at: None,
-                })
-            })
-        }
-        (None, Some(_)) => {
-            c.bad("client", "must be an object");
-            None
-        }
-        (None, None) => {
-            if !c.problems.iter().any(|p| p.field == "client_id") {
-                c.bad("client", "client_id or client is required");
-            }
-            None
-        }
-    };
+    let client = client_ref(&mut c);
 
     let start_at = c.timestamp("start_at");
     let end_at = c.timestamp("end_at");
@@ -362,138 +327,6 @@ pub fn validate(body: &[u8]) -> Result<NewBooking, Vec<FieldProblem>> {
         }),
         _ => Err(c.problems),
     }
-}
-
-/// Creates the booking, its client if new, the vehicle link and the Zoho
-/// work, in one transaction.
-pub async fn create_manual(
-    client: &mut Client,
-    created_by: &str,
-    b: &NewBooking,
-) -> Result<CreatedBooking, BookingError> {
-    let tx = client.transaction().await?;
-
-    let mut problems = Vec::new();
-    let existing_client = match &b.client {
-        ClientRef::Existing(id) => {
-            let row = tx
-                .query_opt("SELECT zoho_contact_id FROM clients WHERE id = $1", &[id])
-                .await?;
-            if row.is_none() {
-                problems.push(FieldProblem::new("client_id", "no such client"));
-            }
-            row.map(|r| (*id, r.get::<_, Option<String>>(0)))
-        }
-        ClientRef::New(_) => None,
-    };
-    if let Some(vid) = b.vehicle_id {
-        let active: Option<bool> = tx
-            .query_opt("SELECT is_active FROM vehicles WHERE id = $1", &[&vid])
-            .await?
-            .map(|r| r.get(0));
-        match active {
-            None => problems.push(FieldProblem::new("vehicle_id", "no such vehicle")),
-            Some(false) => problems.push(FieldProblem::new("vehicle_id", "vehicle is not active")),
-            Some(true) => {}
-        }
-    }
-    if !problems.is_empty() {
-        return Err(BookingError::Invalid(problems));
-    }
-
-    let (client_id, client_zoho, client_created) = match (&b.client, existing_client) {
-        (_, Some((id, zoho))) => (id, zoho, false),
-        (ClientRef::New(input), None) => {
-            let out = ingest::upsert_client(&tx, input).await?;
-            (out.id, out.zoho_contact_id, out.created)
-        }
-        (ClientRef::Existing(_), None) => unreachable!("a missing client was reported above"),
-    };
-
-    let row = tx
-        .query_opt(
-            "INSERT INTO bookings (external_code, channel, created_by, manual_created_by, client_id,
-                                   status, source, title, start_at, end_at, vehicle_id, notes,
-                                   total_amount, currency)
-             VALUES ($1, 'manual', $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::text::numeric, $12)
-             ON CONFLICT (external_code) DO NOTHING
-             RETURNING id",
-            &[
-                &b.external_code,
-                &created_by,
-                &client_id,
-                &b.status,
-                &b.source,
-                &b.title,
-                &b.start_at,
-                &b.end_at,
-                &b.vehicle_id,
-                &b.notes,
-                &b.total_amount,
-                &b.currency,
-            ],
-        )
-        .await?;
-    let Some(row) = row else {
-        return Err(BookingError::Duplicate(
-            b.external_code.clone().unwrap_or_default(),
-        ));
-    };
-    let booking_id: Uuid = row.get(0);
-    if let Some(vid) = b.vehicle_id {
-        tx.execute(
-            "INSERT INTO booking_vehicles (booking_id, vehicle_id, \"primary\") VALUES ($1, $2, true)",
-            &[&booking_id, &vid],
-        )
-        .await?;
-    }
-    // Manual bookings are not in calendar_events_expanded's Kommo half, so
-    // they get their own calendar entry.
-    let title = b.title.clone().unwrap_or_else(|| match &b.external_code {
-        Some(code) => format!("Booking {code}"),
-        None => "Manual booking".to_string(),
-    });
-    tx.execute(
-        "INSERT INTO calendar_events (title, start_at, end_at, vehicle_id, booking_id, created_by)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-        &[
-            &title,
-            &b.start_at,
-            &b.end_at,
-            &b.vehicle_id,
-            &booking_id,
-            &created_by,
-        ],
-    )
-    .await?;
-    let Enqueued {
-        contact_upsert,
-        sales_order_create,
-    } = ingest::enqueue_zoho_tasks(
-        &tx,
-        client_id,
-        client_zoho.as_deref(),
-        Some(booking_id),
-        None,
-    )
-    .await?;
-    tx.commit().await?;
-
-    let mut enqueued = Vec::new();
-    if contact_upsert {
-        enqueued.push("contact.upsert");
-    }
-    if sales_order_create {
-        enqueued.push("sales_order.create");
-    }
-    tracing::info!(%booking_id, %client_id, created_by, "manual booking created");
-    Ok(CreatedBooking {
-        booking_id,
-        client_id,
-        client_created,
-        external_code: b.external_code.clone(),
-        enqueued,
-    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,147 @@
+//! `sales_leads`: the snapshot of every Kommo lead, excluded statuses
+//! included, keyed by `lead_code` (the lead id as text).
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Transaction;
+use uuid::Uuid;
+
+use crate::{kommo::MappedLead, platform::db::DbError};
+
+/// The columns a Kommo lead writes, per row and per run.
+macro_rules! lead_columns {
+    () => {
+        "lead_code, kommo_lead_id, client_id, name, stage_id, pipeline_id, value_amount, \
+         owner_id, expected_close_at, source, lead_source, archived_at, kommo_updated_at"
+    };
+}
+
+/// What a newer snapshot of a lead overwrites, per row and per run; the
+/// client link differs (a webhook without a contact keeps the stored one).
+macro_rules! lead_snapshot_set {
+    () => {
+        "kommo_lead_id = EXCLUDED.kommo_lead_id,
+         name = EXCLUDED.name,
+         stage_id = EXCLUDED.stage_id,
+         pipeline_id = EXCLUDED.pipeline_id,
+         value_amount = EXCLUDED.value_amount,
+         owner_id = EXCLUDED.owner_id,
+         expected_close_at = EXCLUDED.expected_close_at,
+         lead_source = EXCLUDED.lead_source,
+         archived_at = NULL,
+         kommo_updated_at = EXCLUDED.kommo_updated_at,
+         updated_at = now()"
+    };
+}
+
+/// The stored `kommo_updated_at` of a lead; `None` when it is not stored.
+pub async fn kommo_updated_at(
+    tx: &Transaction<'_>,
+    lead_id: i64,
+) -> Result<Option<Option<DateTime<Utc>>>, DbError> {
+    Ok(tx
+        .query_opt(
+            &tx.prepare_cached("SELECT kommo_updated_at FROM sales_leads WHERE kommo_lead_id = $1")
+                .await?,
+            &[&lead_id],
+        )
+        .await?
+        .map(|r| r.get(0)))
+}
+
+/// Writes a lead's snapshot; the caller has checked it is not stale.
+pub async fn upsert_from_lead(
+    tx: &Transaction<'_>,
+    lead: &MappedLead,
+    client_id: Option<Uuid>,
+) -> Result<(), DbError> {
+    let stmt = tx
+        .prepare_cached(concat!(
+            "INSERT INTO sales_leads (",
+            lead_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7::bigint::numeric, $8, $9, 'Kommo', $10, NULL, $11)
+             ON CONFLICT (lead_code) DO UPDATE SET ",
+            lead_snapshot_set!(),
+            ", client_id = coalesce(EXCLUDED.client_id, sales_leads.client_id)"
+        ))
+        .await?;
+    tx.execute(
+        &stmt,
+        &[
+            &lead.lead_code(),
+            &lead.lead_id,
+            &client_id,
+            &lead.name,
+            &lead.status_id,
+            &lead.pipeline_id,
+            &lead.price,
+            &lead.owner_staff_id,
+            &lead.closed_at.or(lead.start_at),
+            &lead.source,
+            &lead.kommo_updated_at,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A lead deleted in Kommo: its snapshot is archived. Returns the rows changed.
+pub async fn archive_deleted_lead(tx: &Transaction<'_>, lead_id: i64) -> Result<u64, DbError> {
+    Ok(tx
+        .execute(
+            &tx.prepare_cached(
+                "UPDATE sales_leads SET archived_at = now(), updated_at = now()
+              WHERE kommo_lead_id = $1 AND archived_at IS NULL",
+            )
+            .await?,
+            &[&lead_id],
+        )
+        .await?)
+}
+
+/// Archives the Kommo leads of before the run, except rows changed in Kommo
+/// after the snapshot began.
+pub async fn archive_stale(
+    tx: &tokio_postgres::Transaction<'_>,
+    run_id: Uuid,
+    started_at: DateTime<Utc>,
+) -> Result<(), DbError> {
+    tx.execute(
+        "UPDATE sales_leads l SET archived_at = now(), updated_at = now()
+          WHERE l.source = 'Kommo' AND l.archived_at IS NULL
+            AND (l.kommo_updated_at IS NULL OR l.kommo_updated_at < $2)
+            AND NOT EXISTS (SELECT 1 FROM stg_kommo_leads s
+                             WHERE s.run_id = $1 AND l.kommo_lead_id = s.lead_id
+                               AND l.kommo_updated_at > s.updated_at)",
+        &[&run_id, &started_at],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Every staged lead of the run; clients are written first.
+pub async fn upsert_staged(
+    tx: &tokio_postgres::Transaction<'_>,
+    run_id: Uuid,
+) -> Result<(), DbError> {
+    tx.execute(
+        concat!(
+            "INSERT INTO sales_leads (",
+            lead_columns!(),
+            ", created_at, updated_at)
+         SELECT s.lead_id::text, s.lead_id, c.id, s.name, s.status_id, s.pipeline_id,
+                s.price, s.owner_id, coalesce(s.closed_at, s.end_at), 'Kommo', s.lead_source,
+                NULL, s.updated_at, coalesce(s.created_at, now()), now()
+           FROM stg_kommo_leads s
+           LEFT JOIN clients c ON c.kommo_contact_id = s.contact_id
+          WHERE s.run_id = $1
+         ON CONFLICT (lead_code) DO UPDATE SET ",
+            lead_snapshot_set!(),
+            ", client_id = EXCLUDED.client_id, source = 'Kommo'
+          WHERE sales_leads.kommo_updated_at IS NULL
+             OR sales_leads.kommo_updated_at <= EXCLUDED.kommo_updated_at"
+        ),
+        &[&run_id],
+    )
+    .await?;
+    Ok(())
+}

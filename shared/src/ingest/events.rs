@@ -1,0 +1,144 @@
+//! `kommo_webhook_events`, the delivery log: every body the receiver
+//! rejected and every delivery taken from the queue, under the sha256 of its
+//! body, with its status and attempts. A re-delivery is recognised here and
+//! not applied twice.
+
+use deadpool_postgres::{Client, Transaction};
+use uuid::Uuid;
+
+use crate::{kommo::webhook::body_hash, platform::db::DbError};
+
+/// Records a body the receiver could not parse. A repeat of the same body
+/// counts as a duplicate of the first rejection.
+pub async fn record_rejected(
+    client: &Client,
+    body: &[u8],
+    account_id: Option<i64>,
+    error: &str,
+) -> Result<(), DbError> {
+    let raw = String::from_utf8_lossy(body);
+    client
+        .execute(
+            &client.prepare_cached("INSERT INTO kommo_webhook_events (dedupe_key, account_id, raw_payload, status, error)
+             VALUES ($1, $2, $3, 'rejected', $4)
+             ON CONFLICT (dedupe_key) DO UPDATE
+                SET duplicate_count = kommo_webhook_events.duplicate_count + 1,
+                    updated_at = now()").await?,
+            &[&body_hash(body), &account_id, &raw.as_ref(), &error],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A delivery's row in `kommo_webhook_events`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    pub id: Uuid,
+    pub status: String,
+    pub attempts: i32,
+}
+
+/// Records a delivery taken from the queue (idempotent). A second message
+/// with the same body counts as a duplicate; a redelivery of the same SQS
+/// message (after a failure) does not.
+pub async fn record_received(
+    client: &Client,
+    body: &str,
+    account_id: Option<i64>,
+    sqs_message_id: Option<&str>,
+) -> Result<EventRow, DbError> {
+    let row = client
+        .query_one(
+            &client.prepare_cached("INSERT INTO kommo_webhook_events (dedupe_key, account_id, raw_payload, sqs_message_id)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (dedupe_key) DO UPDATE
+                SET duplicate_count = kommo_webhook_events.duplicate_count
+                        + CASE WHEN kommo_webhook_events.sqs_message_id IS DISTINCT FROM EXCLUDED.sqs_message_id
+                               THEN 1 ELSE 0 END,
+                    updated_at = now()
+             RETURNING id, status, attempts").await?,
+            &[&body_hash(body.as_bytes()), &account_id, &body, &sqs_message_id],
+        )
+        .await?;
+    Ok(EventRow {
+        id: row.get(0),
+        status: row.get(1),
+        attempts: row.get(2),
+    })
+}
+
+/// Locks a delivery's row for the processing transaction. Concurrent copies
+/// of one delivery wait here and then find it `processed`.
+pub async fn lock_event(tx: &Transaction<'_>, id: Uuid) -> Result<EventRow, DbError> {
+    let row = tx
+        .query_one(
+            &tx.prepare_cached(
+                "SELECT id, status, attempts FROM kommo_webhook_events WHERE id = $1 FOR UPDATE",
+            )
+            .await?,
+            &[&id],
+        )
+        .await?;
+    Ok(EventRow {
+        id: row.get(0),
+        status: row.get(1),
+        attempts: row.get(2),
+    })
+}
+
+pub async fn mark_processed(
+    tx: &Transaction<'_>,
+    id: Uuid,
+    parsed: &serde_json::Value,
+) -> Result<(), DbError> {
+    tx.execute(
+        &tx.prepare_cached(
+            "UPDATE kommo_webhook_events
+            SET status = 'processed', attempts = attempts + 1, error = NULL,
+                parsed_payload = $2, processed_at = now(), updated_at = now()
+          WHERE id = $1",
+        )
+        .await?,
+        &[&id, parsed],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Marks a failed attempt, outside the rolled-back processing transaction.
+pub async fn mark_failed(client: &Client, id: Uuid, error: &str) -> Result<i32, DbError> {
+    let row = client
+        .query_one(
+            &client
+                .prepare_cached(
+                    "UPDATE kommo_webhook_events
+                SET status = 'failed', attempts = attempts + 1, error = $2, updated_at = now()
+              WHERE id = $1
+              RETURNING attempts",
+                )
+                .await?,
+            &[&id, &error],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Marks a delivery that can never be processed (its queue message is not
+/// an envelope, or its body does not parse). It is not retried.
+pub async fn record_unprocessable(
+    client: &Client,
+    body: &str,
+    sqs_message_id: Option<&str>,
+    error: &str,
+) -> Result<(), DbError> {
+    client
+        .execute(
+            &client.prepare_cached("INSERT INTO kommo_webhook_events (dedupe_key, raw_payload, status, error, sqs_message_id, attempts)
+             VALUES ($1, $2, 'rejected', $3, $4, 1)
+             ON CONFLICT (dedupe_key) DO UPDATE
+                SET status = 'rejected', error = EXCLUDED.error, updated_at = now()").await?,
+            &[&body_hash(body.as_bytes()), &body, &error, &sqs_message_id],
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! Manual bookings (`POST /bookings`): the fallback when Kommo is down.
+//!
+//! A request is validated ([`form`]), then the booking is created with
+//! `channel = 'manual'` and the same Zoho work as a Kommo booking.
+
+mod form;
+
+use deadpool_postgres::{Client, Transaction};
+use serde::Serialize;
+use uuid::Uuid;
+
+pub use self::form::{validate, FieldProblem};
+use super::zoho_work::{enqueue_zoho_tasks, Enqueued};
+pub use crate::erp::{ClientRef, NewBooking};
+use crate::{
+    erp::{bookings, clients, vehicles},
+    platform::db::DbError,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BookingError {
+    #[error("{} field(s) are invalid", .0.len())]
+    Invalid(Vec<FieldProblem>),
+    #[error("a booking with external_code `{0}` already exists")]
+    Duplicate(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<tokio_postgres::Error> for BookingError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        BookingError::Db(DbError::Postgres(e))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CreatedBooking {
+    pub booking_id: Uuid,
+    pub client_id: Uuid,
+    pub client_created: bool,
+    pub external_code: Option<String>,
+    pub enqueued: Vec<&'static str>,
+}
+
+/// Creates the booking, its client if new, the vehicle link and the Zoho
+/// work, in one transaction.
+pub async fn create_manual(
+    client: &mut Client,
+    created_by: &str,
+    b: &NewBooking,
+) -> Result<CreatedBooking, BookingError> {
+    let tx = client.transaction().await?;
+    let (client_id, client_zoho, client_created) = booking_client(&tx, b).await?;
+    let Some(booking_id) = bookings::insert_manual(&tx, created_by, client_id, b).await? else {
+        return Err(BookingError::Duplicate(
+            b.external_code.clone().unwrap_or_default(),
+        ));
+    };
+    if b.vehicle_id.is_some() {
+        bookings::set_primary_vehicle(&tx, booking_id, b.vehicle_id).await?;
+    }
+    bookings::add_calendar_entry(&tx, booking_id, created_by, b).await?;
+    let Enqueued {
+        contact_upsert,
+        sales_order_create,
+    } = enqueue_zoho_tasks(
+        &tx,
+        client_id,
+        client_zoho.as_deref(),
+        Some(booking_id),
+        None,
+    )
+    .await?;
+    tx.commit().await?;
+
+    let mut enqueued = Vec::new();
+    if contact_upsert {
+        enqueued.push("contact.upsert");
+    }
+    if sales_order_create {
+        enqueued.push("sales_order.create");
+    }
+    tracing::info!(%booking_id, %client_id, created_by, "manual booking created");
+    Ok(CreatedBooking {
+        booking_id,
+        client_id,
+        client_created,
+        external_code: b.external_code.clone(),
+        enqueued,
+    })
+}
+
+/// Checks the references the form could not check (the client and the
+/// vehicle exist), then finds or creates the client: (id, Zoho id, created).
+async fn booking_client(
+    tx: &Transaction<'_>,
+    b: &NewBooking,
+) -> Result<(Uuid, Option<String>, bool), BookingError> {
+    let mut problems = Vec::new();
+    let existing = match &b.client {
+        ClientRef::Existing(id) => {
+            let zoho = clients::zoho_contact_id(tx, *id).await?;
+            if zoho.is_none() {
+                problems.push(FieldProblem::new("client_id", "no such client"));
+            }
+            zoho.map(|z| (*id, z))
+        }
+        ClientRef::New(_) => None,
+    };
+    if let Some(vid) = b.vehicle_id {
+        match vehicles::is_active(tx, vid).await? {
+            None => problems.push(FieldProblem::new("vehicle_id", "no such vehicle")),
+            Some(false) => problems.push(FieldProblem::new("vehicle_id", "vehicle is not active")),
+            Some(true) => {}
+        }
+    }
+    if !problems.is_empty() {
+        return Err(BookingError::Invalid(problems));
+    }
+    match (&b.client, existing) {
+        (_, Some((id, zoho))) => Ok((id, zoho, false)),
+        (ClientRef::New(input), None) => {
+            let out = clients::upsert_client(tx, input).await?;
+            Ok((out.id, out.zoho_contact_id, out.created))
+        }
+        (ClientRef::Existing(_), None) => Err(BookingError::Invalid(problems)),
+    }
+}

@@ -1,0 +1,277 @@
+//! The batch pipeline of buffered Kommo deliveries: record, dedupe, fetch,
+//! apply.
+//!
+//! Each delivery is recorded in `kommo_webhook_events` under the sha256 of
+//! its body, so a re-delivery is recognised and not applied twice. Leads are
+//! fetched from the Kommo API once per batch ([`super::fetch`]), and every
+//! delivery is applied in its own transaction ([`super::delivery`]).
+//! Failures come back as message ids to retry; the events table says why.
+
+use std::{sync::Arc, time::Instant};
+
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::{
+    delivery::apply_delivery,
+    events::{mark_failed, record_received, record_unprocessable},
+    fetch::{self, contact_ids_to_fetch, lead_ids_to_fetch, needs_fetch, FetchError, Fetched},
+    IngestError,
+};
+use crate::{
+    kommo::{
+        webhook::{body_hash, parse_delivery, Delivery, QueuedDelivery},
+        KommoClient,
+    },
+    platform::{
+        db::DbPool,
+        flags::{FeatureFlags, Flag},
+        telemetry::{Metrics, Unit},
+    },
+};
+
+/// One queue message: its id (what a retry names) and its body, the
+/// receiver's [`QueuedDelivery`] envelope.
+#[derive(Debug, Clone, Copy)]
+pub struct QueuedMessage<'a> {
+    pub message_id: &'a str,
+    pub body: &'a str,
+}
+
+/// Per-batch counts, also emitted as EMF metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    pub processed: usize,
+    pub duplicates: usize,
+    pub rejected: usize,
+    pub failed: usize,
+    pub leads_fetched: usize,
+}
+
+/// What became of a batch: the ids of the messages to retry, and the counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub retry: Vec<String>,
+    pub report: BatchReport,
+}
+
+pub struct Pipeline {
+    pub pool: DbPool,
+    pub flags: Arc<FeatureFlags>,
+    /// Rate-limited and retrying; one `leads_by_ids` and one `contacts_by_ids` call per batch.
+    pub kommo: KommoClient,
+}
+
+/// A delivery that made it into the events table and awaits processing.
+struct Pending {
+    message_id: String,
+    event_id: Uuid,
+    delivery: Delivery,
+}
+
+/// Why a message is not processed in this batch.
+enum Skipped {
+    Duplicate,
+    Rejected,
+    Failed,
+}
+
+impl Pipeline {
+    /// Processes one batch of queue messages.
+    pub async fn process(&self, messages: &[QueuedMessage<'_>]) -> BatchOutcome {
+        let started = Instant::now();
+        let mut out = BatchOutcome::default();
+
+        // The kill switch also holds queued deliveries back: they stay in the
+        // queue, unwritten, until it is turned on again (or reach the DLQ).
+        match self.flags.is_enabled(Flag::KommoLive).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(
+                    records = messages.len(),
+                    "processor: enableKommoLive is off, leaving the batch in the queue"
+                );
+                out.retry = messages.iter().map(|m| m.message_id.to_string()).collect();
+                return out;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "processor: database unavailable, retrying the batch later");
+                out.retry = messages.iter().map(|m| m.message_id.to_string()).collect();
+                return out;
+            }
+        }
+
+        let mut pending = Vec::new();
+        for m in messages {
+            match self.record(m).await {
+                Ok(p) => pending.push(p),
+                Err(Skipped::Duplicate) => out.report.duplicates += 1,
+                Err(Skipped::Rejected) => out.report.rejected += 1,
+                Err(Skipped::Failed) => {
+                    out.report.failed += 1;
+                    out.retry.push(m.message_id.to_string());
+                }
+            }
+        }
+        let fetched = self.fetch_for(&pending).await;
+        if let Ok(f) = &fetched {
+            out.report.leads_fetched = f.leads.len();
+        }
+        for p in pending {
+            self.apply(p, &fetched, &mut out).await;
+        }
+        emit(&out.report, started);
+        out
+    }
+
+    /// Reads the batch's leads and contacts from Kommo, as [`fetch::fetch`] does.
+    pub async fn fetch(
+        &self,
+        lead_ids: &[i64],
+        contact_ids: &[i64],
+    ) -> Result<Fetched, FetchError> {
+        fetch::fetch(&self.pool, &self.kommo, lead_ids, contact_ids).await
+    }
+
+    async fn fetch_for(&self, pending: &[Pending]) -> Result<Fetched, FetchError> {
+        let mut lead_ids: Vec<i64> = pending
+            .iter()
+            .flat_map(|p| lead_ids_to_fetch(&p.delivery))
+            .collect();
+        lead_ids.sort_unstable();
+        lead_ids.dedup();
+        let mut contact_ids: Vec<i64> = pending
+            .iter()
+            .flat_map(|p| contact_ids_to_fetch(&p.delivery))
+            .collect();
+        contact_ids.sort_unstable();
+        contact_ids.dedup();
+        if lead_ids.is_empty() && contact_ids.is_empty() {
+            return Ok(Fetched::default());
+        }
+        self.fetch(&lead_ids, &contact_ids).await
+    }
+
+    /// Applies one recorded delivery and counts the result.
+    async fn apply(
+        &self,
+        p: Pending,
+        fetched: &Result<Fetched, FetchError>,
+        out: &mut BatchOutcome,
+    ) {
+        let span =
+            tracing::info_span!("delivery", message_id = %p.message_id, event_id = %p.event_id);
+        let result = async {
+            let result = match (fetched, needs_fetch(&p.delivery)) {
+                (Err(e), true) => Err(IngestError::Fetch(e.clone())),
+                (Ok(f), _) => apply_delivery(&self.pool, p.event_id, &p.delivery, f).await,
+                (Err(_), false) => {
+                    apply_delivery(&self.pool, p.event_id, &p.delivery, &Fetched::default()).await
+                }
+            };
+            if let Err(e) = &result {
+                self.fail(p.event_id, &e.to_string()).await;
+            }
+            result
+        }
+        .instrument(span)
+        .await;
+        match result {
+            Ok(true) => out.report.processed += 1,
+            Ok(false) => out.report.duplicates += 1,
+            Err(_) => {
+                out.report.failed += 1;
+                out.retry.push(p.message_id);
+            }
+        }
+    }
+
+    /// Records one message in the events table; `Ok` means: process it.
+    async fn record(&self, m: &QueuedMessage<'_>) -> Result<Pending, Skipped> {
+        let message_id = m.message_id;
+        let (body, account_id) = match QueuedDelivery::from_json(m.body) {
+            Ok(env) => (env.body, env.account_id),
+            Err(e) => {
+                tracing::error!(error = %e, message_id, "processor: message is not a delivery envelope");
+                return Err(self.unprocessable(m.body, message_id, &e.to_string()).await);
+            }
+        };
+        let delivery = match parse_delivery(body.as_bytes()) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, message_id, "processor: queued body does not parse");
+                return Err(self.unprocessable(&body, message_id, &e.to_string()).await);
+            }
+        };
+        let client = self.pool.get().await.map_err(|e| {
+            tracing::error!(error = %e, message_id, "processor: database unavailable");
+            Skipped::Failed
+        })?;
+        let row = record_received(&client, &body, account_id, Some(message_id))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, message_id, "processor: could not record the delivery");
+                Skipped::Failed
+            })?;
+        if row.status == "processed" || row.status == "rejected" {
+            tracing::info!(event_id = %row.id, sha256 = %body_hash(body.as_bytes()), "processor: duplicate delivery, already {}", row.status);
+            return Err(Skipped::Duplicate);
+        }
+        Ok(Pending {
+            message_id: message_id.to_string(),
+            event_id: row.id,
+            delivery,
+        })
+    }
+
+    /// A message that can never succeed is recorded and dropped from the
+    /// queue rather than retried into the DLQ.
+    async fn unprocessable(&self, body: &str, message_id: &str, error: &str) -> Skipped {
+        let res = match self.pool.get().await {
+            Ok(client) => record_unprocessable(&client, body, Some(message_id), error)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match res {
+            Ok(()) => Skipped::Rejected,
+            Err(e) => {
+                // Kept in the queue until it can at least be recorded.
+                tracing::error!(error = %e, message_id, "processor: could not record an unprocessable message");
+                Skipped::Failed
+            }
+        }
+    }
+
+    async fn fail(&self, event_id: Uuid, error: &str) {
+        tracing::error!(error, "processor: delivery failed");
+        let res = match self.pool.get().await {
+            Ok(client) => mark_failed(&client, event_id, error).await,
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = res {
+            tracing::error!(error = %e, "processor: could not mark the delivery failed");
+        }
+    }
+}
+
+/// The batch's counts as EMF metrics, and one log line.
+fn emit(report: &BatchReport, started: Instant) {
+    let mut m = Metrics::new("KommoZoho", "webhook-processor");
+    m.add("deliveries_processed", report.processed as f64, Unit::Count);
+    m.add(
+        "deliveries_duplicate",
+        report.duplicates as f64,
+        Unit::Count,
+    );
+    m.add("deliveries_rejected", report.rejected as f64, Unit::Count);
+    m.add("deliveries_failed", report.failed as f64, Unit::Count);
+    m.add("leads_fetched", report.leads_fetched as f64, Unit::Count);
+    m.set(
+        "batch_duration",
+        started.elapsed().as_secs_f64() * 1000.0,
+        Unit::Milliseconds,
+    );
+    m.flush();
+    tracing::info!(?report, "processor: batch done");
+}
