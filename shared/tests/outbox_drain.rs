@@ -1,10 +1,7 @@
 //! The outbox drain against a real Postgres and the Zoho sandbox: every
 //! acceptance point of the outbox issue.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Duration};
 
 use sandbox::zoho::{ZohoOptions, ZohoSandbox, ENDPOINT_CONTACTS_UPSERT, ENDPOINT_TOKEN};
 use serde_json::{json, Value};
@@ -62,9 +59,7 @@ fn drain(db: &TestDb, z: &ZohoSandbox) -> Drain {
 }
 
 async fn run(d: &Drain) -> DrainReport {
-    d.run(Instant::now() + Duration::from_secs(60))
-        .await
-        .unwrap()
+    d.run(d.deadline_in(Duration::from_secs(60))).await.unwrap()
 }
 
 async fn live_db() -> TestDb {
@@ -622,7 +617,7 @@ async fn near_the_deadline_unsent_rows_are_handed_back_uncharged() {
     let d = drain_with(&db, &z, o, zoho_settings());
     // Margin 1 s: the first two calls start in time, the third does not.
     let report = d
-        .run(Instant::now() + Duration::from_millis(1900))
+        .run(d.deadline_in(Duration::from_millis(1900)))
         .await
         .unwrap();
     assert_eq!(report.stopped, Some(StopReason::Deadline));
@@ -642,7 +637,7 @@ async fn near_the_deadline_unsent_rows_are_handed_back_uncharged() {
 
     // Too close to the deadline to start: nothing is claimed.
     let report = d
-        .run(Instant::now() + Duration::from_millis(500))
+        .run(d.deadline_in(Duration::from_millis(500)))
         .await
         .unwrap();
     assert_eq!(

@@ -5,7 +5,10 @@ use aws_lambda_events::{
     event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent},
     sqs::SqsMessage,
 };
-use shared::refresh::{Deadline, JobMessage, JobOutcome, Worker};
+use shared::{
+    platform::deadline::Deadline,
+    refresh::{JobMessage, JobOutcome, Worker},
+};
 use tracing::Instrument;
 
 pub struct WorkerApp {

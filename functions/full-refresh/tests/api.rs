@@ -93,7 +93,7 @@ async fn start_creates_a_run_and_queues_one_job_then_a_second_start_gets_409() {
 async fn simultaneous_starts_create_exactly_one_run() {
     let db = TestDb::new().await;
     db.set_flag("enableKommoLive", true).await;
-    let queue = Arc::new(shared::refresh::MemoryQueue::default());
+    let queue = Arc::new(testkit::refresh::MemoryQueue::default());
     let app = Arc::new(http_app(&db, queue.clone()));
     let mut tasks = Vec::new();
     for i in 0..6 {
@@ -123,7 +123,7 @@ async fn simultaneous_starts_create_exactly_one_run() {
 #[tokio::test]
 async fn flag_off_gives_403_with_a_reason_and_creates_nothing() {
     let db = TestDb::new().await;
-    let queue = Arc::new(shared::refresh::MemoryQueue::default());
+    let queue = Arc::new(testkit::refresh::MemoryQueue::default());
     let app = http_app(&db, queue.clone());
     let resp = app
         .handle(request(
@@ -149,7 +149,7 @@ async fn flag_off_gives_403_with_a_reason_and_creates_nothing() {
 async fn no_token_is_401_and_a_wrong_role_is_403_on_every_route() {
     let db = TestDb::new().await;
     db.set_flag("enableKommoLive", true).await;
-    let queue = Arc::new(shared::refresh::MemoryQueue::default());
+    let queue = Arc::new(testkit::refresh::MemoryQueue::default());
     let app = http_app(&db, queue.clone());
     let routes = [
         ("POST", "/integrations/kommo/full-refresh"),
@@ -185,7 +185,7 @@ fn issue_forged() -> String {
 async fn status_and_list_show_runs_and_bad_input_is_refused() {
     let db = TestDb::new().await;
     db.set_flag("enableKommoLive", true).await;
-    let queue = Arc::new(shared::refresh::MemoryQueue::default());
+    let queue = Arc::new(testkit::refresh::MemoryQueue::default());
     let app = http_app(&db, queue.clone());
     let admin = token("user-1", "admin");
 
@@ -274,7 +274,7 @@ async fn status_and_list_show_runs_and_bad_input_is_refused() {
 async fn bad_bodies_are_refused_before_anything_is_created() {
     let db = TestDb::new().await;
     db.set_flag("enableKommoLive", true).await;
-    let queue = Arc::new(shared::refresh::MemoryQueue::default());
+    let queue = Arc::new(testkit::refresh::MemoryQueue::default());
     let app = http_app(&db, queue.clone());
     let admin = token("user-1", "admin");
     for (body, code) in [
@@ -312,7 +312,7 @@ async fn bad_bodies_are_refused_before_anything_is_created() {
 async fn a_queue_outage_closes_the_run_so_the_next_start_is_not_blocked() {
     let db = TestDb::new().await;
     db.set_flag("enableKommoLive", true).await;
-    let queue = Arc::new(shared::refresh::MemoryQueue::default());
+    let queue = Arc::new(testkit::refresh::MemoryQueue::default());
     queue.fail.store(true, std::sync::atomic::Ordering::SeqCst);
     let app = http_app(&db, queue.clone());
     let admin = token("user-1", "admin");
@@ -358,7 +358,7 @@ async fn an_abandoned_run_does_not_block_a_new_start_forever() {
     )
     .await
     .unwrap();
-    let queue = Arc::new(shared::refresh::MemoryQueue::default());
+    let queue = Arc::new(testkit::refresh::MemoryQueue::default());
     let app = http_app(&db, queue.clone());
     let resp = app
         .handle(request(

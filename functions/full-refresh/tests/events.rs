@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use aws_lambda_events::{apigw::ApiGatewayV2httpRequest, event::sqs::SqsEvent};
 use common::*;
-use shared::refresh::{JobMessage, MemoryQueue};
-use testkit::TestDb;
+use shared::refresh::JobMessage;
+use testkit::{refresh::MemoryQueue, TestDb};
 
 fn event(name: &str) -> String {
     let path = format!("{}/../../events/{name}", env!("CARGO_MANIFEST_DIR"));

@@ -21,13 +21,13 @@ use sandbox::kommo::{data, KommoOptions, KommoSandbox, SandboxLead};
 use serde_json::Value;
 use shared::{
     kommo::{KommoClient, KommoClientOptions},
-    platform::secrets::Redacted,
-    refresh::{
-        alert::SlackTarget, run_to_completion, worker::drain, Alerter, Deadline, JobOutcome,
-        MemoryQueue, RefreshSettings, RunStatus, Worker,
-    },
+    platform::{deadline::Deadline, secrets::Redacted},
+    refresh::{alert::SlackTarget, Alerter, JobOutcome, RefreshSettings, RunStatus, Worker},
 };
-use testkit::TestDb;
+use testkit::{
+    refresh::{process_queued_jobs, run_to_completion, MemoryQueue},
+    TestDb,
+};
 
 const YEAR: i32 = 2025;
 const EXCLUDED: [i64; 2] = [data::STATUS_BOT_ANSWERING, data::STATUS_FOLLOW_UP];
@@ -576,7 +576,7 @@ async fn turning_kommo_live_off_stops_a_run_before_production_changes() {
     let job = queue.pop().unwrap();
     assert_eq!(w.process(&job, tight).await.unwrap(), JobOutcome::Continued);
     db.set_flag("enableKommoLive", false).await;
-    assert_eq!(drain(&w, &queue, tight).await.unwrap(), 1);
+    assert_eq!(process_queued_jobs(&w, &queue, tight).await.unwrap(), 1);
     let r = shared::refresh::runs::get_run(&**client, run.id)
         .await
         .unwrap()

@@ -11,9 +11,12 @@ use shared::refresh::{
     runs::{self, RunStatus, StartOutcome},
     staging::{self, StagedContact, StagedLead, StagedPage, StagedVehicle},
     swap::{swap, SwapOutcome},
-    RefreshSettings, StagingMethod,
+    RefreshSettings,
 };
-use testkit::TestDb;
+use testkit::{
+    refresh::{stage_page_with, StagingMethod},
+    TestDb,
+};
 use uuid::Uuid;
 
 fn ts(y: i32, m: u32, d: u32) -> Option<chrono::DateTime<Utc>> {
@@ -120,9 +123,7 @@ async fn running_run(db: &TestDb, year: i32) -> Uuid {
 async fn stage(db: &TestDb, run_id: Uuid, page: &StagedPage, method: StagingMethod) {
     let mut c = db.client().await;
     let tx = c.transaction().await.unwrap();
-    staging::stage_page(&tx, run_id, page, method)
-        .await
-        .unwrap();
+    stage_page_with(&tx, run_id, page, method).await.unwrap();
     tx.commit().await.unwrap();
 }
 

@@ -4,13 +4,13 @@
 //! EventBridge Scheduler (`ScheduleV2`) sends whatever `Input` the schedule
 //! has. The body only labels the run, so any JSON is accepted.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use shared::{
     outbox::{Drain, OutboxError},
-    platform::telemetry::Metrics,
+    platform::{deadline::time_left, telemetry::Metrics},
 };
 
 /// Used when the runtime gives no deadline (local invokes without one).
@@ -70,14 +70,14 @@ impl From<HandlerError> for lambda_runtime::Diagnostic {
     }
 }
 
-/// The instant the drain must be done by, from the runtime's deadline.
-fn deadline_of(ctx: &lambda_runtime::Context) -> Instant {
-    Instant::now() + shared::platform::context::time_left(ctx.deadline).unwrap_or(FALLBACK_BUDGET)
+/// The time this invocation has left, from the runtime's deadline.
+fn time_left_of(ctx: &lambda_runtime::Context) -> Duration {
+    time_left(ctx.deadline).unwrap_or(FALLBACK_BUDGET)
 }
 
 pub async fn handle(drain: &Drain, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
     let trigger = Trigger::from_payload(&event.payload);
-    let deadline = deadline_of(&event.context);
+    let deadline = drain.deadline_in(time_left_of(&event.context));
     tracing::info!(trigger = trigger.kind(), ?trigger, "outbox drain started");
     let report = drain.run(deadline).await.inspect_err(|e| {
         tracing::error!(error = %e, "outbox drain failed");
@@ -136,10 +136,13 @@ mod tests {
             .unwrap()
             .as_millis() as u64
             - 1_000;
-        assert!(deadline_of(&ctx) <= Instant::now());
+        assert_eq!(time_left_of(&ctx), Duration::ZERO);
         // `cargo lambda watch` sends a fixed 600000: a budget, not an instant in 1970.
         ctx.deadline = 600_000;
-        assert!(deadline_of(&ctx) > Instant::now() + Duration::from_secs(590));
+        assert!(time_left_of(&ctx) > Duration::from_secs(590));
+        // No deadline at all: the fallback budget.
+        ctx.deadline = 0;
+        assert_eq!(time_left_of(&ctx), FALLBACK_BUDGET);
     }
 
     #[tokio::test]

@@ -134,25 +134,6 @@ pub async fn rescue_expired(
     Ok((requeued, failed))
 }
 
-/// Gives claimed rows back without charging the attempt (deadline, throttle).
-pub async fn hand_back(
-    client: &tokio_postgres::Client,
-    owner: &str,
-    ids: &[Uuid],
-    reason: Option<&str>,
-) -> Result<u64, OutboxError> {
-    Ok(client
-        .execute(
-            "UPDATE integrations_outbox
-                SET status = 'pending', attempts = greatest(attempts - 1, 0),
-                    last_error = coalesce($3, last_error),
-                    locked_until = NULL, locked_by = NULL, updated_at = now()
-              WHERE id = ANY($1) AND status = 'processing' AND locked_by = $2",
-            &[&ids, &owner, &reason],
-        )
-        .await?)
-}
-
 /// How a claimed row ends this run.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Outcome {

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod context;
 pub mod db;
+pub mod deadline;
 pub mod flags;
 pub mod secrets;
 pub mod sqs;

@@ -7,7 +7,8 @@
 //! invocations as it needs, then replaces the Kommo-derived production rows
 //! in one transaction ([`swap`]). Failed or suspicious runs raise a Slack
 //! alert ([`alert`]). Everything here runs without Lambda, so tests and the
-//! benchmark drive it in-process.
+//! benchmark drive it in-process (`testkit::refresh` holds their in-memory
+//! queue and the loop that works it off).
 
 pub mod alert;
 pub mod job;
@@ -18,10 +19,10 @@ pub mod swap;
 pub mod worker;
 
 pub use alert::Alerter;
-pub use job::{Deadline, JobMessage, JobQueue, MemoryQueue};
+pub use job::{JobMessage, JobQueue};
 pub use runs::{RunRecord, RunStatus, StartOutcome};
-pub use settings::{RefreshSettings, StagingMethod};
-pub use worker::{run_to_completion, Checkpoint, JobOutcome, Worker};
+pub use settings::RefreshSettings;
+pub use worker::{Checkpoint, JobOutcome, Worker};
 
 use crate::platform::db::DbError;
 

@@ -6,14 +6,6 @@ use std::time::Duration;
 
 use crate::platform::config::{Config, ConfigError, YearBounds};
 
-/// How staged rows reach Postgres. Binary `COPY` is the real path; one
-/// `INSERT` per row exists only so the benchmark can measure the difference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StagingMethod {
-    BinaryCopy,
-    RowInserts,
-}
-
 #[derive(Debug, Clone)]
 pub struct RefreshSettings {
     /// Leads per Kommo page (Kommo caps it at 250).
@@ -31,7 +23,6 @@ pub struct RefreshSettings {
     pub keep_runs: i64,
     pub year_bounds: YearBounds,
     pub default_year: Option<i32>,
-    pub staging: StagingMethod,
     /// `pg_try_advisory_lock` key held by the one worker allowed to run.
     pub lock_key: i64,
 }
@@ -46,7 +37,6 @@ impl Default for RefreshSettings {
             keep_runs: 3,
             year_bounds: YearBounds::Utc,
             default_year: None,
-            staging: StagingMethod::BinaryCopy,
             lock_key: 90_901,
         }
     }

@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::ToSql, types::Type, Transaction};
 use uuid::Uuid;
 
-use super::{settings::StagingMethod, RefreshError};
+use super::RefreshError;
 
 /// A lead as the mapping left it, ready for `stg_kommo_leads`.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,50 +71,74 @@ pub struct StagedPage {
     pub vehicles: Vec<StagedVehicle>,
 }
 
-const LEAD_COLUMNS: &str =
-    "run_id, lead_id, payload, contact_id, vehicle_enum_id, source_enum_id, \
+/// One staging table: its name, its columns and how a staged row becomes
+/// the values of those columns, written once for `COPY` here and for the
+/// row-by-row baseline that tests and the benchmark compare it with.
+pub struct StagingTable<T: 'static, const N: usize> {
+    pub name: &'static str,
+    pub columns: &'static str,
+    pub types: [Type; N],
+    pub values: for<'a> fn(&'a Uuid, &'a T) -> [&'a (dyn ToSql + Sync); N],
+}
+
+/// `stg_kommo_leads`.
+pub static LEADS: StagingTable<StagedLead, 20> = StagingTable {
+    name: "stg_kommo_leads",
+    columns: "run_id, lead_id, payload, contact_id, vehicle_enum_id, source_enum_id, \
      created_at, updated_at, name, status_id, pipeline_id, price, responsible_user_id, owner_id, \
-     booking_status, excluded, start_at, end_at, lead_source, closed_at";
-const LEAD_TYPES: [Type; 20] = [
-    Type::UUID,
-    Type::INT8,
-    Type::JSONB,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::TIMESTAMPTZ,
-    Type::TIMESTAMPTZ,
-    Type::TEXT,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::UUID,
-    Type::TEXT,
-    Type::BOOL,
-    Type::TIMESTAMPTZ,
-    Type::TIMESTAMPTZ,
-    Type::TEXT,
-    Type::TIMESTAMPTZ,
-];
+     booking_status, excluded, start_at, end_at, lead_source, closed_at",
+    types: [
+        Type::UUID,
+        Type::INT8,
+        Type::JSONB,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+        Type::TIMESTAMPTZ,
+        Type::TIMESTAMPTZ,
+        Type::TEXT,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+        Type::UUID,
+        Type::TEXT,
+        Type::BOOL,
+        Type::TIMESTAMPTZ,
+        Type::TIMESTAMPTZ,
+        Type::TEXT,
+        Type::TIMESTAMPTZ,
+    ],
+    values: lead_values,
+};
 
-const CONTACT_COLUMNS: &str = "run_id, contact_id, payload, full_name, first_name, last_name, \
-     email, phone, phone_normalized, updated_at";
-const CONTACT_TYPES: [Type; 10] = [
-    Type::UUID,
-    Type::INT8,
-    Type::JSONB,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TIMESTAMPTZ,
-];
+/// `stg_kommo_contacts`.
+pub static CONTACTS: StagingTable<StagedContact, 10> = StagingTable {
+    name: "stg_kommo_contacts",
+    columns: "run_id, contact_id, payload, full_name, first_name, last_name, \
+     email, phone, phone_normalized, updated_at",
+    types: [
+        Type::UUID,
+        Type::INT8,
+        Type::JSONB,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TIMESTAMPTZ,
+    ],
+    values: contact_values,
+};
 
-const VEHICLE_COLUMNS: &str = "run_id, lead_id, vehicle_enum_id, vehicle_name, is_primary";
-const VEHICLE_TYPES: [Type; 5] = [Type::UUID, Type::INT8, Type::INT8, Type::TEXT, Type::BOOL];
+/// `stg_kommo_booking_vehicles`.
+pub static VEHICLES: StagingTable<StagedVehicle, 5> = StagingTable {
+    name: "stg_kommo_booking_vehicles",
+    columns: "run_id, lead_id, vehicle_enum_id, vehicle_name, is_primary",
+    types: [Type::UUID, Type::INT8, Type::INT8, Type::TEXT, Type::BOOL],
+    values: vehicle_values,
+};
 
 fn lead_values<'a>(run_id: &'a Uuid, l: &'a StagedLead) -> [&'a (dyn ToSql + Sync); 20] {
     [
@@ -167,54 +191,26 @@ fn vehicle_values<'a>(run_id: &'a Uuid, v: &'a StagedVehicle) -> [&'a (dyn ToSql
 }
 
 /// Streams rows into `table` with `COPY … (FORMAT binary)`.
-async fn copy_rows<'a, T: 'a, const N: usize>(
+async fn copy_rows<T, const N: usize>(
     tx: &Transaction<'_>,
-    table: &str,
-    columns: &str,
-    types: &[Type; N],
-    run_id: &'a Uuid,
-    rows: &'a [T],
-    values: impl Fn(&'a Uuid, &'a T) -> [&'a (dyn ToSql + Sync); N],
+    table: &StagingTable<T, N>,
+    run_id: &Uuid,
+    rows: &[T],
 ) -> Result<u64, RefreshError> {
     if rows.is_empty() {
         return Ok(0);
     }
     let sink = tx
         .copy_in(&format!(
-            "COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
+            "COPY {} ({}) FROM STDIN (FORMAT binary)",
+            table.name, table.columns
         ))
         .await?;
-    let mut writer = pin!(BinaryCopyInWriter::new(sink, types));
+    let mut writer = pin!(BinaryCopyInWriter::new(sink, &table.types));
     for row in rows {
-        writer.as_mut().write(&values(run_id, row)).await?;
+        writer.as_mut().write(&(table.values)(run_id, row)).await?;
     }
     Ok(writer.finish().await?)
-}
-
-/// One `INSERT` per row: the slow baseline the benchmark compares against.
-async fn insert_rows<'a, T: 'a, const N: usize>(
-    tx: &Transaction<'_>,
-    table: &str,
-    columns: &str,
-    run_id: &'a Uuid,
-    rows: &'a [T],
-    values: impl Fn(&'a Uuid, &'a T) -> [&'a (dyn ToSql + Sync); N],
-) -> Result<u64, RefreshError> {
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let placeholders: Vec<String> = (1..=N).map(|i| format!("${i}")).collect();
-    let stmt = tx
-        .prepare(&format!(
-            "INSERT INTO {table} ({columns}) VALUES ({})",
-            placeholders.join(", ")
-        ))
-        .await?;
-    let mut n = 0;
-    for row in rows {
-        n += tx.execute(&stmt, &values(run_id, row)).await?;
-    }
-    Ok(n)
 }
 
 /// Writes one page of rows into the three staging tables.
@@ -222,71 +218,10 @@ pub async fn stage_page(
     tx: &Transaction<'_>,
     run_id: Uuid,
     page: &StagedPage,
-    method: StagingMethod,
 ) -> Result<(), RefreshError> {
-    match method {
-        StagingMethod::BinaryCopy => {
-            copy_rows(
-                tx,
-                "stg_kommo_leads",
-                LEAD_COLUMNS,
-                &LEAD_TYPES,
-                &run_id,
-                &page.leads,
-                lead_values,
-            )
-            .await?;
-            copy_rows(
-                tx,
-                "stg_kommo_contacts",
-                CONTACT_COLUMNS,
-                &CONTACT_TYPES,
-                &run_id,
-                &page.contacts,
-                contact_values,
-            )
-            .await?;
-            copy_rows(
-                tx,
-                "stg_kommo_booking_vehicles",
-                VEHICLE_COLUMNS,
-                &VEHICLE_TYPES,
-                &run_id,
-                &page.vehicles,
-                vehicle_values,
-            )
-            .await?;
-        }
-        StagingMethod::RowInserts => {
-            insert_rows(
-                tx,
-                "stg_kommo_leads",
-                LEAD_COLUMNS,
-                &run_id,
-                &page.leads,
-                lead_values,
-            )
-            .await?;
-            insert_rows(
-                tx,
-                "stg_kommo_contacts",
-                CONTACT_COLUMNS,
-                &run_id,
-                &page.contacts,
-                contact_values,
-            )
-            .await?;
-            insert_rows(
-                tx,
-                "stg_kommo_booking_vehicles",
-                VEHICLE_COLUMNS,
-                &run_id,
-                &page.vehicles,
-                vehicle_values,
-            )
-            .await?;
-        }
-    }
+    copy_rows(tx, &LEADS, &run_id, &page.leads).await?;
+    copy_rows(tx, &CONTACTS, &run_id, &page.contacts).await?;
+    copy_rows(tx, &VEHICLES, &run_id, &page.vehicles).await?;
     Ok(())
 }
 

@@ -5,6 +5,8 @@
 //! `DATABASE_URL` (an admin URL), which `cargo xtask test` sets after starting
 //! a throwaway cluster; AWS calls go to the moto server at `AWS_ENDPOINT_URL`.
 
+pub mod refresh;
+
 use std::time::Duration;
 
 use shared::platform::db::{DbPool, DbSettings};

@@ -104,7 +104,7 @@ async fn drain_run(n: usize) -> Result<(f64, u64, u64)> {
     let mut succeeded = 0;
     for _ in 0..20 {
         let report = drain
-            .run(Instant::now() + Duration::from_secs(14 * 60))
+            .run(drain.deadline_in(Duration::from_secs(14 * 60)))
             .await
             .map_err(|e| anyhow::anyhow!("drain: {e}"))?;
         succeeded += report.succeeded;

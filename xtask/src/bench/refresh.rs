@@ -31,12 +31,14 @@ use shared::{
     platform::flags::FeatureFlags,
     platform::secrets::Redacted,
     refresh::{
-        run_to_completion,
-        staging::{stage_page, StagedContact, StagedLead, StagedPage, StagedVehicle},
-        MemoryQueue, RefreshSettings, RunStatus, StagingMethod, Worker,
+        staging::{StagedContact, StagedLead, StagedPage, StagedVehicle},
+        RefreshSettings, RunStatus, Worker,
     },
 };
-use testkit::TestDb;
+use testkit::{
+    refresh::{run_to_completion, stage_page_with, MemoryQueue, StagingMethod},
+    TestDb,
+};
 use uuid::Uuid;
 
 use super::{
@@ -118,7 +120,6 @@ pub fn child_main(spec_json: &str) -> Result<()> {
             alerter: None,
             settings: RefreshSettings {
                 default_year: Some(spec.year),
-                staging: StagingMethod::BinaryCopy,
                 ..RefreshSettings::default()
             },
         };
@@ -307,7 +308,7 @@ async fn load(db: &TestDb, year: i32, pages: &[StagedPage], method: StagingMetho
     let t = Instant::now();
     for page in pages {
         let tx = c.transaction().await?;
-        stage_page(&tx, run_id, page, method)
+        stage_page_with(&tx, run_id, page, method)
             .await
             .map_err(|e| anyhow::anyhow!("staging: {e}"))?;
         tx.commit().await?;

@@ -9,10 +9,11 @@ use shared::{
     kommo::{KommoClient, KommoClientOptions},
     platform::config::Need,
     platform::context::AppContext,
+    platform::deadline::Deadline,
     platform::secrets::KommoSecret,
     platform::sqs::Queue,
     platform::telemetry,
-    refresh::{alert::SlackTarget, Alerter, Deadline, RefreshSettings, Worker},
+    refresh::{alert::SlackTarget, Alerter, RefreshSettings, Worker},
 };
 
 #[tokio::main]
