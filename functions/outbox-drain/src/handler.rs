@@ -145,24 +145,27 @@ mod tests {
         assert_eq!(time_left_of(&ctx), FALLBACK_BUDGET);
     }
 
+    /// A new client and the outbox row that sends it to Zoho.
+    async fn client_with_pending_upsert(db: &testkit::TestDb, name: &str) -> uuid::Uuid {
+        let mut c = db.client().await;
+        let tx = c.transaction().await.unwrap();
+        let id = tx
+            .query_one(
+                "INSERT INTO clients (full_name) VALUES ($1) RETURNING id",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        outbox::enqueue_contact_upsert(&tx, id).await.unwrap();
+        tx.commit().await.unwrap();
+        id
+    }
+
     #[tokio::test]
     async fn a_scheduled_run_with_the_flag_off_stubs_rows_without_a_zoho_secret() {
         let db = testkit::TestDb::new().await;
-        let client_id: uuid::Uuid = {
-            let mut c = db.client().await;
-            let tx = c.transaction().await.unwrap();
-            let id = tx
-                .query_one(
-                    "INSERT INTO clients (full_name) VALUES ('A B') RETURNING id",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            outbox::enqueue_contact_upsert(&tx, id).await.unwrap();
-            tx.commit().await.unwrap();
-            id
-        };
+        let client_id = client_with_pending_upsert(&db, "A B").await;
         let pool = db.pool();
         let settings = OutboxSettings {
             batch_size: 10,
@@ -201,21 +204,7 @@ mod tests {
 
         // Live without a secret: the drain stops before claiming anything.
         db.set_flag("enableZohoLive", true).await;
-        let id2: uuid::Uuid = {
-            let mut c = db.client().await;
-            let tx = c.transaction().await.unwrap();
-            let id = tx
-                .query_one(
-                    "INSERT INTO clients (full_name) VALUES ('C D') RETURNING id",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            outbox::enqueue_contact_upsert(&tx, id).await.unwrap();
-            tx.commit().await.unwrap();
-            id
-        };
+        let id2 = client_with_pending_upsert(&db, "C D").await;
         let event = LambdaEvent::new(sample("outbox-drain-schedule.json"), Default::default());
         let out = handle(&drain, event).await.unwrap();
         assert_eq!(out["stopped"], "systemic");
