@@ -10,26 +10,18 @@
 
 use std::sync::Arc;
 
-use aws_lambda_events::{
-    apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse},
-    encodings::Body,
-};
-use base64::Engine;
 use chrono::Datelike;
 use http::{HeaderValue, Method};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use shared::{
-    platform::apigw::ApiError,
-    platform::auth::verify_staff,
-    platform::db::DbPool,
+    platform::apigw::{self, ApiError, BodyError, Request, Response},
+    platform::db::{DbError, DbPool},
     platform::flags::{FeatureFlags, Flag},
-    platform::secrets::StaffJwtSecret,
+    platform::secrets::{SecretSource, StaffJwtSecret},
     refresh::{runs, JobQueue, RefreshError, RefreshSettings, StartOutcome},
 };
 use uuid::Uuid;
-
-use crate::SecretSource;
 
 /// Start bodies are tiny; anything bigger is a mistake or abuse.
 const MAX_BODY: usize = 4 * 1024;
@@ -41,17 +33,14 @@ pub enum Route {
     Unknown,
 }
 
-/// Matches on path segments, tolerating one leading stage segment.
+/// See [`apigw::match_route`] on the stage prefix.
 pub fn route(path: &str) -> Route {
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    for start in 0..=1usize.min(segs.len()) {
-        match &segs[start..] {
-            ["integrations", "kommo", "full-refresh"] => return Route::Runs,
-            ["integrations", "kommo", "full-refresh", id] => return Route::Run((*id).to_string()),
-            _ => {}
-        }
-    }
-    Route::Unknown
+    apigw::match_route(path, |segs| match segs {
+        ["integrations", "kommo", "full-refresh"] => Some(Route::Runs),
+        ["integrations", "kommo", "full-refresh", id] => Some(Route::Run((*id).to_string())),
+        _ => None,
+    })
+    .unwrap_or(Route::Unknown)
 }
 
 pub struct HttpApp {
@@ -71,67 +60,39 @@ struct StartBody {
 }
 
 impl HttpApp {
-    pub async fn handle(&self, req: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
-        match self.dispatch(&req).await {
-            Ok(resp) => resp,
-            Err(e) => {
-                if e.status >= 500 {
-                    tracing::error!(status = e.status, code = e.code, message = %e.message, "full-refresh request failed");
-                } else {
-                    tracing::info!(status = e.status, code = e.code, message = %e.message, "full-refresh request refused");
-                }
-                json_response(e.status, &e.body())
+    pub async fn handle(&self, req: Request) -> Response {
+        let result = self.dispatch(&req).await;
+        if let Err(e) = &result {
+            if e.status >= 500 {
+                tracing::error!(status = e.status, code = e.code, message = %e.message, "full-refresh request failed");
+            } else {
+                tracing::info!(status = e.status, code = e.code, message = %e.message, "full-refresh request refused");
             }
         }
+        apigw::respond(result)
     }
 
-    async fn dispatch(
-        &self,
-        req: &ApiGatewayV2httpRequest,
-    ) -> Result<ApiGatewayV2httpResponse, ApiError> {
-        let path = req
-            .raw_path
-            .as_deref()
-            .or(req.request_context.http.path.as_deref())
-            .unwrap_or("/");
-        let method = &req.request_context.http.method;
-        let route = route(path);
+    async fn dispatch(&self, req: &Request) -> Result<Response, ApiError> {
+        let method = apigw::method(req);
+        let route = route(apigw::path(req));
         match (&route, method) {
-            (Route::Unknown, _) => {
-                return Err(ApiError::new(404, "not_found", "no such route"));
-            }
+            (Route::Unknown, _) => return Err(ApiError::no_route()),
             (Route::Runs, m) if m != Method::POST && m != Method::GET => {
                 return Err(method_not_allowed("GET, POST"));
             }
-            (Route::Run(_), m) if m != Method::GET => {
-                return Err(method_not_allowed("GET"));
-            }
+            (Route::Run(_), m) if m != Method::GET => return Err(method_not_allowed("GET")),
             _ => {}
         }
-
-        let secret = self.jwt.get().await.map_err(|e| {
-            tracing::error!(error = %e, "staff JWT secret unavailable");
-            ApiError::new(503, "unavailable", "authentication is unavailable")
-        })?;
-        let authorization = req
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let staff = verify_staff(authorization, &secret, &self.allowed_roles)?;
-
+        let staff = apigw::staff(req, &self.jwt, &self.allowed_roles).await?;
         match route {
             Route::Runs if method == Method::POST => self.start(req, &staff.sub).await,
             Route::Runs => self.list(req).await,
             Route::Run(id) => self.status(&id).await,
-            Route::Unknown => Err(ApiError::new(404, "not_found", "no such route")),
+            Route::Unknown => Err(ApiError::no_route()),
         }
     }
 
-    async fn start(
-        &self,
-        req: &ApiGatewayV2httpRequest,
-        sub: &str,
-    ) -> Result<ApiGatewayV2httpResponse, ApiError> {
+    async fn start(&self, req: &Request, sub: &str) -> Result<Response, ApiError> {
         let live = self
             .flags
             .is_enabled(Flag::KommoLive)
@@ -171,7 +132,7 @@ impl HttpApp {
         })?;
         match outcome {
             StartOutcome::Started(run) => {
-                let mut resp = json_response(202, &run.to_json());
+                let mut resp = apigw::json_response(202, &run.to_json());
                 if let Ok(v) =
                     HeaderValue::from_str(&format!("/integrations/kommo/full-refresh/{}", run.id))
                 {
@@ -189,21 +150,13 @@ impl HttpApp {
     }
 
     /// The year from the body, or the configured default, or the current UTC year.
-    fn year_of(&self, req: &ApiGatewayV2httpRequest) -> Result<i32, ApiError> {
-        let raw = req.body.as_deref().unwrap_or("");
-        if raw.len() > MAX_BODY * 2 {
-            return Err(ApiError::new(413, "too_large", "the body is too large"));
-        }
-        let bytes = if req.is_base64_encoded {
-            base64::engine::general_purpose::STANDARD
-                .decode(raw.trim())
-                .map_err(|_| ApiError::new(400, "invalid_body", "the body is not valid base64"))?
-        } else {
-            raw.as_bytes().to_vec()
-        };
-        if bytes.len() > MAX_BODY {
-            return Err(ApiError::new(413, "too_large", "the body is too large"));
-        }
+    fn year_of(&self, req: &Request) -> Result<i32, ApiError> {
+        let bytes = apigw::body_bytes(req, MAX_BODY).map_err(|e| match e {
+            BodyError::TooLarge { .. } => ApiError::new(413, "too_large", "the body is too large"),
+            BodyError::BadBase64 => {
+                ApiError::new(400, "invalid_body", "the body is not valid base64")
+            }
+        })?;
         let current = chrono::Utc::now().year();
         let year = if bytes.iter().all(u8::is_ascii_whitespace) {
             None
@@ -231,7 +184,7 @@ impl HttpApp {
         Ok(year as i32)
     }
 
-    async fn status(&self, id: &str) -> Result<ApiGatewayV2httpResponse, ApiError> {
+    async fn status(&self, id: &str) -> Result<Response, ApiError> {
         let id = Uuid::parse_str(id)
             .map_err(|_| ApiError::new(400, "invalid_run_id", "the run id is not a UUID"))?;
         let client = self
@@ -240,15 +193,12 @@ impl HttpApp {
             .await
             .map_err(|e| db_unavailable(e.into()))?;
         match runs::get_run(&**client, id).await.map_err(refresh_error)? {
-            Some(run) => Ok(json_response(200, &run.to_json())),
+            Some(run) => Ok(apigw::json_response(200, &run.to_json())),
             None => Err(ApiError::new(404, "not_found", "no such run")),
         }
     }
 
-    async fn list(
-        &self,
-        req: &ApiGatewayV2httpRequest,
-    ) -> Result<ApiGatewayV2httpResponse, ApiError> {
+    async fn list(&self, req: &Request) -> Result<Response, ApiError> {
         let limit = match req.query_string_parameters.first("limit") {
             None => 20,
             Some(v) => v
@@ -268,19 +218,15 @@ impl HttpApp {
             .await
             .map_err(refresh_error)?;
         let runs: Vec<Value> = list.iter().map(|r| r.to_json()).collect();
-        Ok(json_response(200, &json!({ "runs": runs })))
+        Ok(apigw::json_response(200, &json!({ "runs": runs })))
     }
 }
 
-fn method_not_allowed(allow: &str) -> ApiError {
-    ApiError::new(
-        405,
-        "method_not_allowed",
-        format!("method not allowed; use {allow}"),
-    )
+fn method_not_allowed(allow: &'static str) -> ApiError {
+    ApiError::method_not_allowed(allow, format!("method not allowed; use {allow}"))
 }
 
-fn db_unavailable(e: shared::platform::db::DbError) -> ApiError {
+fn db_unavailable(e: DbError) -> ApiError {
     tracing::error!(error = %e, "database unavailable");
     ApiError::new(503, "unavailable", "the database is unavailable")
 }
@@ -288,17 +234,6 @@ fn db_unavailable(e: shared::platform::db::DbError) -> ApiError {
 fn refresh_error(e: RefreshError) -> ApiError {
     tracing::error!(error = %e, "full-refresh request failed");
     ApiError::new(500, "internal", "the request could not be completed")
-}
-
-pub fn json_response(status: u16, body: &Value) -> ApiGatewayV2httpResponse {
-    let mut resp = ApiGatewayV2httpResponse::default();
-    resp.status_code = i64::from(status);
-    resp.body = Some(Body::Text(body.to_string()));
-    resp.headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
 }
 
 #[cfg(test)]

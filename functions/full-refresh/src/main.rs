@@ -2,39 +2,29 @@
 
 use std::{convert::Infallible, sync::Arc};
 
-use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
-use full_refresh::{http::HttpApp, SecretSource};
+use full_refresh::http::HttpApp;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use shared::{
-    platform::{config::Need, context::AppContext, sqs::Queue, telemetry},
+    platform::{apigw::Request, config::Need, context::AppContext},
     refresh::RefreshSettings,
 };
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    telemetry::init();
-    let ctx = AppContext::from_env(&[Need::StaffJwtSecret, Need::FullRefreshQueue]).await?;
-    let settings = RefreshSettings::from_env(&ctx.config)?;
-    let need = |v: &Option<String>| v.clone().unwrap_or_default();
+    let needs = [Need::StaffJwtSecret, Need::FullRefreshQueue];
+    let ctx = AppContext::start("full-refresh", &needs).await?;
+    let config = &ctx.config;
     let app = Arc::new(HttpApp {
         pool: ctx.pool.clone(),
         flags: ctx.flags.clone(),
-        jwt: SecretSource::Manager {
-            secrets: ctx.secrets.clone(),
-            id: need(&ctx.config.staff_jwt_secret_id),
-        },
-        allowed_roles: ctx.config.staff_roles.clone(),
-        queue: Arc::new(Queue::new(
-            ctx.sqs_client(),
-            need(&ctx.config.full_refresh_queue_url),
-        )),
-        settings,
+        jwt: ctx.secret(&config.staff_jwt_secret_id),
+        allowed_roles: config.staff_roles.clone(),
+        queue: Arc::new(ctx.queue(&config.full_refresh_queue_url)),
+        settings: RefreshSettings::from_env(config)?,
     });
-    run(service_fn(
-        move |event: LambdaEvent<ApiGatewayV2httpRequest>| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(event.payload).await) }
-        },
-    ))
+    run(service_fn(move |event: LambdaEvent<Request>| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(app.handle(event.payload).await) }
+    }))
     .await
 }

@@ -145,24 +145,43 @@ mod tests {
         assert_eq!(time_left_of(&ctx), FALLBACK_BUDGET);
     }
 
+    /// A new client and the outbox row that sends it to Zoho.
+    async fn client_with_pending_upsert(db: &testkit::TestDb, name: &str) -> uuid::Uuid {
+        let mut c = db.client().await;
+        let tx = c.transaction().await.unwrap();
+        let id = tx
+            .query_one(
+                "INSERT INTO clients (full_name) VALUES ($1) RETURNING id",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        outbox::enqueue_contact_upsert(&tx, id).await.unwrap();
+        tx.commit().await.unwrap();
+        id
+    }
+
+    /// Status, attempts and last response of a client's outbox row.
+    async fn outbox_row(
+        db: &testkit::TestDb,
+        client_id: uuid::Uuid,
+    ) -> (String, i32, Option<Value>) {
+        let sql =
+            "SELECT status, attempts, last_response FROM integrations_outbox WHERE entity_id = $1";
+        let row = db
+            .client()
+            .await
+            .query_one(sql, &[&client_id])
+            .await
+            .unwrap();
+        (row.get(0), row.get(1), row.get(2))
+    }
+
     #[tokio::test]
     async fn a_scheduled_run_with_the_flag_off_stubs_rows_without_a_zoho_secret() {
         let db = testkit::TestDb::new().await;
-        let client_id: uuid::Uuid = {
-            let mut c = db.client().await;
-            let tx = c.transaction().await.unwrap();
-            let id = tx
-                .query_one(
-                    "INSERT INTO clients (full_name) VALUES ('A B') RETURNING id",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            outbox::enqueue_contact_upsert(&tx, id).await.unwrap();
-            tx.commit().await.unwrap();
-            id
-        };
+        let client_id = client_with_pending_upsert(&db, "A B").await;
         let pool = db.pool();
         let settings = OutboxSettings {
             batch_size: 10,
@@ -188,48 +207,18 @@ mod tests {
             let out = handle(&drain, event).await.unwrap();
             assert!(out["stopped"].is_null(), "{out}");
         }
-        let c = db.client().await;
-        let r = c
-            .query_one(
-                "SELECT status, last_response FROM integrations_outbox WHERE entity_id = $1",
-                &[&client_id],
-            )
-            .await
-            .unwrap();
-        assert_eq!(r.get::<_, String>(0), "succeeded");
-        assert_eq!(r.get::<_, Value>(1), serde_json::json!({"mode": "stubbed"}));
+        let (status, _, response) = outbox_row(&db, client_id).await;
+        assert_eq!(status, "succeeded");
+        assert_eq!(response, Some(serde_json::json!({"mode": "stubbed"})));
 
         // Live without a secret: the drain stops before claiming anything.
         db.set_flag("enableZohoLive", true).await;
-        let id2: uuid::Uuid = {
-            let mut c = db.client().await;
-            let tx = c.transaction().await.unwrap();
-            let id = tx
-                .query_one(
-                    "INSERT INTO clients (full_name) VALUES ('C D') RETURNING id",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            outbox::enqueue_contact_upsert(&tx, id).await.unwrap();
-            tx.commit().await.unwrap();
-            id
-        };
+        let id2 = client_with_pending_upsert(&db, "C D").await;
         let event = LambdaEvent::new(sample("outbox-drain-schedule.json"), Default::default());
         let out = handle(&drain, event).await.unwrap();
         assert_eq!(out["stopped"], "systemic");
         assert_eq!(out["claimed"], 0);
-        let r = c
-            .query_one(
-                "SELECT status, attempts FROM integrations_outbox WHERE entity_id = $1",
-                &[&id2],
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            (r.get::<_, String>(0), r.get::<_, i32>(1)),
-            ("pending".into(), 0)
-        );
+        let (status, attempts, _) = outbox_row(&db, id2).await;
+        assert_eq!((status.as_str(), attempts), ("pending", 0));
     }
 }

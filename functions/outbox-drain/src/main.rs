@@ -13,11 +13,8 @@ use shared::{outbox::Drain, platform::context::AppContext};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    shared::platform::telemetry::init();
     // ZOHO_SECRET_ID is read lazily: with enableZohoLive off the drain needs no secret.
-    let ctx = AppContext::from_env(&[]).await.inspect_err(|e| {
-        tracing::error!(error = %e, "outbox-drain could not start");
-    })?;
+    let ctx = AppContext::start("outbox-drain", &[]).await?;
     let drain = Arc::new(Drain::from_context(&ctx));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let drain = drain.clone();

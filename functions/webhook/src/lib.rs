@@ -4,6 +4,10 @@
 //! The binaries only build an [`http::HttpApp`] or a [`processor::Processor`]
 //! once per cold start and hand events to it; everything here can be driven
 //! in-process by tests and the benchmark.
+//!
+//! Dependencies run one way: the router ([`http`]) knows the handlers
+//! ([`receiver`], [`manual`]), and the handlers know only
+//! `shared::platform::apigw`.
 
 pub mod http;
 pub mod manual;

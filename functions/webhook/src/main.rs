@@ -2,53 +2,38 @@
 
 use std::{convert::Infallible, sync::Arc};
 
-use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use shared::platform::{config::Need, context::AppContext, sqs::Queue, telemetry};
+use shared::platform::{apigw::Request, config::Need, context::AppContext};
 use webhook::{
     http::HttpApp, manual::ManualBookings, receiver::Receiver, settings::ReceiverSettings,
-    SecretSource,
 };
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    telemetry::init();
-    let ctx = AppContext::from_env(&[
+    let needs = [
         Need::KommoSecret,
         Need::StaffJwtSecret,
         Need::KommoEventsQueue,
-    ])
-    .await?;
-    let settings = ReceiverSettings::from_env()?;
-    let need = |v: &Option<String>| v.clone().unwrap_or_default();
+    ];
+    let ctx = AppContext::start("webhook", &needs).await?;
+    let config = &ctx.config;
     let app = Arc::new(HttpApp {
         receiver: Receiver {
-            secret: SecretSource::Manager {
-                secrets: ctx.secrets.clone(),
-                id: need(&ctx.config.kommo_secret_id),
-            },
+            secret: ctx.secret(&config.kommo_secret_id),
             flags: ctx.flags.clone(),
             pool: ctx.pool.clone(),
-            queue: Arc::new(Queue::new(
-                ctx.sqs_client(),
-                need(&ctx.config.kommo_events_queue_url),
-            )),
-            settings,
+            queue: Arc::new(ctx.queue(&config.kommo_events_queue_url)),
+            settings: ReceiverSettings::from_env()?,
         },
         bookings: ManualBookings {
-            secret: SecretSource::Manager {
-                secrets: ctx.secrets.clone(),
-                id: need(&ctx.config.staff_jwt_secret_id),
-            },
-            allowed_roles: ctx.config.staff_roles.clone(),
+            secret: ctx.secret(&config.staff_jwt_secret_id),
+            allowed_roles: config.staff_roles.clone(),
             pool: ctx.pool.clone(),
         },
     });
-    run(service_fn(
-        move |event: LambdaEvent<ApiGatewayV2httpRequest>| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(event.payload).await) }
-        },
-    ))
+    run(service_fn(move |event: LambdaEvent<Request>| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(app.handle(event.payload).await) }
+    }))
     .await
 }

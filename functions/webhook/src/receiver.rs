@@ -7,29 +7,24 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
-use http::Method;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use shared::{
     ingest,
     kommo::webhook::{body_hash, parse_delivery, Delivery, QueuedDelivery},
-    platform::apigw::ApiError,
+    platform::apigw::{self, ApiError, BodyError, Request, Response},
     platform::db::DbPool,
     platform::flags::{FeatureFlags, Flag},
-    platform::secrets::KommoSecret,
+    platform::secrets::{KommoSecret, SecretSource},
     platform::sqs::{Queue, SqsError},
+    platform::text::truncate,
 };
 use subtle::ConstantTimeEq;
 use tracing::Instrument;
 
-use crate::{
-    http::{
-        body_bytes, error_response, header, json_response, method, method_not_allowed, BodyError,
-    },
-    settings::ReceiverSettings,
-    SecretSource,
-};
+use crate::settings::ReceiverSettings;
+
+const FORM: &str = "application/x-www-form-urlencoded";
 
 /// Where accepted deliveries go. SQS in production; the benchmark measures
 /// the receiver without the network call by passing a no-op queue.
@@ -66,105 +61,47 @@ pub fn token_matches(given: Option<&str>, expected: &str) -> bool {
     a.ct_eq(&b).into()
 }
 
-fn is_form(content_type: Option<&str>) -> bool {
-    content_type
-        .and_then(|ct| ct.split(';').next())
-        .is_some_and(|mime| {
-            mime.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        })
-}
-
-/// The first `max` characters, for log lines about bodies we could not use.
-fn truncated(body: &[u8], max: usize) -> String {
-    let text = String::from_utf8_lossy(body);
-    let mut out: String = text.chars().take(max).collect();
-    if text.chars().nth(max).is_some() {
-        out.push_str("…[truncated]");
-    }
-    out
-}
-
 impl Receiver {
     pub async fn handle(
         &self,
-        req: &ApiGatewayV2httpRequest,
+        req: &Request,
         path_token: Option<String>,
-    ) -> ApiGatewayV2httpResponse {
+    ) -> Result<Response, ApiError> {
         let span = tracing::info_span!(
             "kommo_webhook",
             request_id = req.request_context.request_id.as_deref().unwrap_or("-")
         );
-        self.handle_inner(req, path_token).instrument(span).await
+        self.receive(req, path_token.as_deref())
+            .instrument(span)
+            .await
     }
 
-    async fn handle_inner(
-        &self,
-        req: &ApiGatewayV2httpRequest,
-        path_token: Option<String>,
-    ) -> ApiGatewayV2httpResponse {
-        let request_id = req.request_context.request_id.clone();
-        if method(req) != Method::POST {
-            return method_not_allowed(method(req));
-        }
-        let secret = match self.secret.get().await {
-            Ok(s) => s,
-            Err(e) => {
-                // 503 makes Kommo retry later, when the secret may be readable again.
-                tracing::error!(error = %e, "webhook: Kommo secret unavailable");
-                return error_response(ApiError::new(503, "unavailable", "try again later"));
-            }
-        };
-        let given = path_token
-            .as_deref()
-            .or_else(|| req.query_string_parameters.first("token"));
-        if !token_matches(given, secret.webhook_token.expose()) {
-            tracing::warn!(
-                source_ip = req.request_context.http.source_ip.as_deref().unwrap_or("-"),
-                token_present = given.is_some(),
-                "webhook: wrong or missing token"
-            );
-            return error_response(ApiError::new(401, "unauthorized", "wrong or missing token"));
-        }
-        if !is_form(header(req, "content-type")) {
-            return error_response(ApiError::new(
-                415,
-                "unsupported_media_type",
-                "expected application/x-www-form-urlencoded",
-            ));
-        }
-        let body = match body_bytes(req, self.settings.max_body_bytes) {
-            Ok(b) => b,
-            Err(e @ BodyError::TooLarge { .. }) => {
-                tracing::warn!(error = %e, "webhook: body too large");
-                return error_response(ApiError::new(413, "payload_too_large", e.to_string()));
-            }
-            Err(e @ BodyError::BadBase64) => {
-                let raw = req.body.as_deref().unwrap_or("").as_bytes();
-                return self.reject(raw, None, &e.to_string()).await;
-            }
-        };
+    async fn receive(&self, req: &Request, path_token: Option<&str>) -> Result<Response, ApiError> {
+        apigw::expect_method(req, "POST")?;
+        let secret = self.authenticate(req, path_token).await?;
+        apigw::expect_content_type(req, FORM)?;
+        let body = self.body(req).await?;
         let delivery = match parse_delivery(&body) {
             Ok(d) => d,
-            Err(e) => return self.reject(&body, None, &e.to_string()).await,
+            Err(e) => return Err(self.reject(&body, None, &e.to_string()).await),
         };
         if let Some(expected) = secret.account_id {
             if delivery.account.id != Some(expected) {
                 tracing::warn!(account_id = ?delivery.account.id, "webhook: delivery for another account");
-                return error_response(ApiError::new(
+                return Err(ApiError::new(
                     403,
                     "wrong_account",
                     "delivery is for another Kommo account",
                 ));
             }
         }
-        let kommo_request_id = header(req, "x-amocrm-requestid").map(str::to_string);
+        let kommo_request_id = apigw::header(req, "x-amocrm-requestid").map(str::to_string);
         self.log_metadata(&delivery, &body, kommo_request_id.as_deref());
 
         match self.kommo_live().await {
             Some(false) => {
                 tracing::info!("webhook: enableKommoLive is off, delivery stubbed");
-                return json_response(202, &json!({"mode": "stubbed"}));
+                return Ok(apigw::json_response(202, &json!({"mode": "stubbed"})));
             }
             Some(true) => {}
             None => tracing::warn!("webhook: flag unreadable, accepting the delivery anyway"),
@@ -172,7 +109,51 @@ impl Receiver {
 
         // The body is form-encoded ASCII once it parsed, so this is lossless.
         let text = String::from_utf8_lossy(&body).into_owned();
+        let request_id = req.request_context.request_id.clone();
         let envelope = QueuedDelivery::new(text, request_id, kommo_request_id, delivery.account.id);
+        self.enqueue(&envelope).await
+    }
+
+    /// The Kommo secret, once the token in the path or query matches it.
+    async fn authenticate(
+        &self,
+        req: &Request,
+        path_token: Option<&str>,
+    ) -> Result<KommoSecret, ApiError> {
+        let secret = self.secret.get().await.map_err(|e| {
+            // 503 makes Kommo retry later, when the secret may be readable again.
+            tracing::error!(error = %e, "webhook: Kommo secret unavailable");
+            ApiError::new(503, "unavailable", "try again later")
+        })?;
+        let given = path_token.or_else(|| req.query_string_parameters.first("token"));
+        if !token_matches(given, secret.webhook_token.expose()) {
+            tracing::warn!(
+                source_ip = req.request_context.http.source_ip.as_deref().unwrap_or("-"),
+                token_present = given.is_some(),
+                "webhook: wrong or missing token"
+            );
+            return Err(ApiError::new(401, "unauthorized", "wrong or missing token"));
+        }
+        Ok(secret)
+    }
+
+    /// The body's bytes; a body that is not valid base64 is rejected as unparseable.
+    async fn body(&self, req: &Request) -> Result<Vec<u8>, ApiError> {
+        match apigw::body_bytes(req, self.settings.max_body_bytes) {
+            Ok(b) => Ok(b),
+            Err(e @ BodyError::TooLarge { .. }) => {
+                tracing::warn!(error = %e, "webhook: body too large");
+                Err(e.into())
+            }
+            Err(e @ BodyError::BadBase64) => {
+                let raw = req.body.as_deref().unwrap_or("").as_bytes();
+                Err(self.reject(raw, None, &e.to_string()).await)
+            }
+        }
+    }
+
+    /// 200 once SQS has the delivery; 503 (so Kommo retries) when it refuses or is slow.
+    async fn enqueue(&self, envelope: &QueuedDelivery) -> Result<Response, ApiError> {
         let sent = tokio::time::timeout(
             self.settings.sqs_timeout,
             self.queue.send(&envelope.to_json()),
@@ -181,17 +162,14 @@ impl Receiver {
         match sent {
             Ok(Ok(message_id)) => {
                 tracing::info!(message_id = %message_id, sha256 = %envelope.sha256, "webhook: delivery queued");
-                json_response(200, &json!({"status": "queued"}))
+                return Ok(apigw::json_response(200, &json!({"status": "queued"})));
             }
             Ok(Err(e)) => {
-                tracing::error!(error = %e, sha256 = %envelope.sha256, "webhook: SQS refused the delivery");
-                error_response(ApiError::new(503, "queue_unavailable", "try again later"))
+                tracing::error!(error = %e, sha256 = %envelope.sha256, "webhook: SQS refused the delivery")
             }
-            Err(_) => {
-                tracing::error!(sha256 = %envelope.sha256, "webhook: SQS send timed out");
-                error_response(ApiError::new(503, "queue_unavailable", "try again later"))
-            }
+            Err(_) => tracing::error!(sha256 = %envelope.sha256, "webhook: SQS send timed out"),
         }
+        Err(ApiError::new(503, "queue_unavailable", "try again later"))
     }
 
     /// `Some(on)` when the flag could be read in time, `None` when not.
@@ -232,18 +210,13 @@ impl Receiver {
         );
     }
 
-    /// 400, with the body logged (truncated) and recorded as `rejected` when
-    /// the database can be reached, so a sender bug can be diagnosed and replayed.
-    async fn reject(
-        &self,
-        body: &[u8],
-        account_id: Option<i64>,
-        reason: &str,
-    ) -> ApiGatewayV2httpResponse {
+    /// The 400 for an unparseable delivery. The body is logged (truncated)
+    /// and recorded as `rejected` when the database can be reached, so a sender bug can be diagnosed and replayed.
+    async fn reject(&self, body: &[u8], account_id: Option<i64>, reason: &str) -> ApiError {
         tracing::warn!(
             error = %reason,
             bytes = body.len(),
-            body = %truncated(body, self.settings.log_body_chars),
+            body = %truncate(&String::from_utf8_lossy(body), self.settings.log_body_chars),
             "webhook: unparseable delivery"
         );
         // With the kill switch off nothing is written, rejected bodies included.
@@ -260,11 +233,11 @@ impl Receiver {
                 Err(_) => tracing::warn!("webhook: recording the rejected delivery timed out"),
             }
         }
-        error_response(ApiError::new(
+        ApiError::new(
             400,
             "bad_request",
             format!("unparseable delivery: {reason}"),
-        ))
+        )
     }
 }
 
@@ -279,21 +252,5 @@ mod tests {
         assert!(!token_matches(Some(""), "s3cret"));
         assert!(!token_matches(None, "s3cret"));
         assert!(!token_matches(Some(""), ""));
-    }
-
-    #[test]
-    fn content_types() {
-        assert!(is_form(Some("application/x-www-form-urlencoded")));
-        assert!(is_form(Some(
-            "Application/X-WWW-Form-Urlencoded; charset=UTF-8"
-        )));
-        assert!(!is_form(Some("application/json")));
-        assert!(!is_form(None));
-    }
-
-    #[test]
-    fn truncation_marks_the_cut() {
-        assert_eq!(truncated(b"abcdef", 3), "abc…[truncated]");
-        assert_eq!(truncated(b"abc", 3), "abc");
     }
 }

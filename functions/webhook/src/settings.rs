@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use shared::platform::config::{ConfigError, Env};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceiverSettings {
     /// Larger bodies get 413 (`WEBHOOK_MAX_BODY_BYTES`, 256 KiB).
@@ -28,49 +30,30 @@ impl Default for ReceiverSettings {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid webhook settings: {}", .0.join("; "))]
-pub struct SettingsError(pub Vec<String>);
-
 impl ReceiverSettings {
-    pub fn from_env() -> Result<Self, SettingsError> {
-        Self::from_lookup(|k| std::env::var(k).ok())
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Env::load_process(Self::read)
     }
 
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Env::load(lookup, Self::read)
+    }
+
+    /// Every value is a positive whole number; the problems found stay in `env`.
+    pub fn read(env: &mut Env<'_>) -> Self {
         let d = ReceiverSettings::default();
-        let mut problems = Vec::new();
-        let mut num = |key: &str, default: u64| -> u64 {
-            match lookup(key)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-            {
-                None => default,
-                Some(v) => match v.parse::<u64>() {
-                    Ok(n) if n > 0 => n,
-                    _ => {
-                        problems.push(format!("{key} must be a positive whole number"));
-                        default
-                    }
-                },
-            }
-        };
-        let s = ReceiverSettings {
-            max_body_bytes: num("WEBHOOK_MAX_BODY_BYTES", d.max_body_bytes as u64) as usize,
-            db_timeout: Duration::from_millis(num(
-                "WEBHOOK_DB_TIMEOUT_MS",
-                d.db_timeout.as_millis() as u64,
-            )),
-            sqs_timeout: Duration::from_millis(num(
-                "WEBHOOK_SQS_TIMEOUT_MS",
-                d.sqs_timeout.as_millis() as u64,
-            )),
-            log_body_chars: num("WEBHOOK_LOG_BODY_CHARS", d.log_body_chars as u64) as usize,
-        };
-        if problems.is_empty() {
-            Ok(s)
-        } else {
-            Err(SettingsError(problems))
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        ReceiverSettings {
+            max_body_bytes: env.positive("WEBHOOK_MAX_BODY_BYTES", d.max_body_bytes as u64)
+                as usize,
+            db_timeout: Duration::from_millis(
+                env.positive("WEBHOOK_DB_TIMEOUT_MS", ms(d.db_timeout)),
+            ),
+            sqs_timeout: Duration::from_millis(
+                env.positive("WEBHOOK_SQS_TIMEOUT_MS", ms(d.sqs_timeout)),
+            ),
+            log_body_chars: env.positive("WEBHOOK_LOG_BODY_CHARS", d.log_body_chars as u64)
+                as usize,
         }
     }
 }
@@ -93,7 +76,7 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(
-            e.0,
+            e.problems,
             vec!["WEBHOOK_MAX_BODY_BYTES must be a positive whole number"]
         );
     }

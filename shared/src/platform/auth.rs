@@ -4,7 +4,7 @@
 use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::platform::{apigw::ApiError, secrets::StaffJwtSecret};
+use crate::platform::secrets::StaffJwtSecret;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Staff {
@@ -20,17 +20,6 @@ pub enum AuthError {
     Invalid(String),
     #[error("role `{0}` may not do this")]
     Forbidden(String),
-}
-
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> Self {
-        match e {
-            AuthError::Missing | AuthError::Invalid(_) => {
-                ApiError::new(401, "unauthorized", e.to_string())
-            }
-            AuthError::Forbidden(_) => ApiError::new(403, "forbidden", e.to_string()),
-        }
-    }
 }
 
 #[derive(Deserialize)]

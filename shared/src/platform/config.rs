@@ -1,9 +1,13 @@
-//! Settings read from the environment once per cold start.
+//! Settings read from the environment once per cold start, all through one
+//! reader, [`Env`]: the common [`Config`] here, and each function's own
+//! settings next to the function.
 //!
 //! Every problem is collected before failing, so an operator fixing a
 //! deployment sees the whole list in one log line instead of one per deploy.
 
-use std::{collections::BTreeSet, str::FromStr, time::Duration};
+use std::{fmt::Display, str::FromStr, time::Duration};
+
+use crate::platform::text::non_empty;
 
 /// What a function needs beyond the common settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -105,7 +109,7 @@ pub struct Config {
 impl Config {
     /// Reads the process environment.
     pub fn from_env(needs: &[Need]) -> Result<Self, ConfigError> {
-        Self::from_lookup(needs, |k| std::env::var(k).ok())
+        Env::load_process(|env| Config::read(env, needs))
     }
 
     /// Reads settings through `lookup`, so tests need not touch the process environment.
@@ -113,184 +117,219 @@ impl Config {
         needs: &[Need],
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let mut r = Reader {
-            lookup: &lookup,
-            problems: Vec::new(),
-        };
-        let needs: BTreeSet<Need> = needs.iter().copied().collect();
+        Env::load(lookup, |env| Config::read(env, needs))
+    }
 
-        let db = match (r.string("DATABASE_URL"), r.string("DB_SECRET_ID")) {
-            (Some(url), _) => DbSource::Url(url),
-            (None, Some(id)) => DbSource::Secret(id),
-            (None, None) => {
-                r.problems
-                    .push("DATABASE_URL or DB_SECRET_ID must be set".to_string());
-                DbSource::Url(String::new())
-            }
-        };
-        let db_ca_bundle = r.string("DB_CA_BUNDLE_PATH");
-        let db_pool_size = r.parse("DB_POOL_SIZE", 2usize);
-        if db_pool_size == 0 {
-            r.problems
-                .push("DB_POOL_SIZE must be at least 1".to_string());
-        }
-        let db_statement_timeout =
-            Duration::from_millis(r.parse("DB_STATEMENT_TIMEOUT_MS", 15_000u64));
-        let db_require_tls = r.opt_parse::<bool>("DB_REQUIRE_TLS");
-        let secrets_ttl = Duration::from_secs(r.parse("SECRETS_TTL_SECONDS", 300u64));
-        let flags_ttl = Duration::from_secs(r.parse("FLAGS_TTL_SECONDS", 10u64));
-
-        let required = |r: &mut Reader<'_>, need: Need, key: &str| {
-            let v = r.string(key);
-            if v.is_none() && needs.contains(&need) {
-                r.problems.push(format!("{key} must be set"));
-            }
-            v
-        };
-        let kommo_secret_id = required(&mut r, Need::KommoSecret, "KOMMO_SECRET_ID");
-        let zoho_secret_id = required(&mut r, Need::ZohoSecret, "ZOHO_SECRET_ID");
-        let staff_jwt_secret_id = required(&mut r, Need::StaffJwtSecret, "STAFF_JWT_SECRET_ID");
-        let kommo_events_queue_url =
-            required(&mut r, Need::KommoEventsQueue, "KOMMO_EVENTS_QUEUE_URL");
-        let full_refresh_queue_url =
-            required(&mut r, Need::FullRefreshQueue, "FULL_REFRESH_QUEUE_URL");
-        let slack_secret_id = r.string("SLACK_SECRET_ID");
-
-        let staff_roles = r
-            .string("STAFF_ROLES")
-            .map(|s| split_list(&s))
-            .unwrap_or_else(|| vec!["admin".to_string(), "ops".to_string()]);
-        let kommo_rate_per_second = r.parse("KOMMO_RATE_PER_SECOND", 7u32);
-        if kommo_rate_per_second == 0 {
-            r.problems
-                .push("KOMMO_RATE_PER_SECOND must be at least 1".to_string());
-        }
-        let kommo_http_timeout = Duration::from_millis(r.parse("KOMMO_HTTP_TIMEOUT_MS", 10_000u64));
-        let full_refresh_default_year = r.opt_parse::<i32>("FULL_REFRESH_DEFAULT_YEAR");
-        let full_refresh_year_bounds = match r.string("FULL_REFRESH_YEAR_BOUNDS").as_deref() {
-            None | Some("utc") => YearBounds::Utc,
-            Some("account") => YearBounds::AccountTimezone,
-            Some(other) => {
-                r.problems.push(format!(
-                    "FULL_REFRESH_YEAR_BOUNDS must be `utc` or `account`, not `{other}`"
-                ));
-                YearBounds::Utc
-            }
-        };
-        let full_refresh_keep_runs = r.parse("FULL_REFRESH_KEEP_RUNS", 3i64);
-
-        let outbox = OutboxSettings {
-            batch_size: r.parse("OUTBOX_BATCH_SIZE", 200i64),
-            max_attempts: r.parse("OUTBOX_MAX_ATTEMPTS", 5i32),
-            backoff_base: Duration::from_secs(r.parse("OUTBOX_BACKOFF_BASE_SECONDS", 30u64)),
-            backoff_cap: Duration::from_secs(r.parse("OUTBOX_BACKOFF_CAP_SECONDS", 3_600u64)),
-            lease: Duration::from_secs(r.parse("OUTBOX_LEASE_SECONDS", 300u64)),
-            zoho_concurrency: r.parse("ZOHO_CONCURRENCY", 5usize),
-            deadline_margin: Duration::from_millis(r.parse("OUTBOX_DEADLINE_MARGIN_MS", 15_000u64)),
-            defer: Duration::from_secs(r.parse("OUTBOX_DEFER_SECONDS", 60u64)),
-        };
-        if outbox.batch_size < 1 {
-            r.problems
-                .push("OUTBOX_BATCH_SIZE must be at least 1".to_string());
-        }
-        if outbox.max_attempts < 1 {
-            r.problems
-                .push("OUTBOX_MAX_ATTEMPTS must be at least 1".to_string());
-        }
-        if outbox.zoho_concurrency < 1 {
-            r.problems
-                .push("ZOHO_CONCURRENCY must be at least 1".to_string());
-        }
-        let zoho = ZohoSettings {
-            duplicate_check_fields: r
-                .string("ZOHO_DUPLICATE_CHECK_FIELDS")
-                .map(|s| split_list(&s))
-                .unwrap_or_else(|| vec!["Email".to_string()]),
-            sales_order_unique_field: r
-                .string("ZOHO_SALES_ORDER_UNIQUE_FIELD")
-                .unwrap_or_else(|| "ERP_Booking_Id".to_string()),
-            product_id: r.string("ZOHO_PRODUCT_ID"),
-            http_timeout: Duration::from_millis(r.parse("ZOHO_HTTP_TIMEOUT_MS", 10_000u64)),
-            contact_key_field: r.string("ZOHO_CONTACT_KEY_FIELD"),
-            token_refresh_margin: Duration::from_secs(
-                r.parse("ZOHO_TOKEN_REFRESH_MARGIN_SECONDS", 300u64),
+    /// Every common setting; the problems found stay in `env`.
+    pub fn read(env: &mut Env<'_>, needs: &[Need]) -> Config {
+        let needed = |need: Need| needs.contains(&need);
+        Config {
+            db: DbSource::read(env),
+            db_ca_bundle: env.text("DB_CA_BUNDLE_PATH"),
+            db_pool_size: env.at_least("DB_POOL_SIZE", 2usize, 1),
+            db_statement_timeout: env.millis("DB_STATEMENT_TIMEOUT_MS", 15_000),
+            db_require_tls: env.opt("DB_REQUIRE_TLS"),
+            secrets_ttl: env.secs("SECRETS_TTL_SECONDS", 300),
+            flags_ttl: env.secs("FLAGS_TTL_SECONDS", 10),
+            kommo_secret_id: env.required("KOMMO_SECRET_ID", needed(Need::KommoSecret)),
+            zoho_secret_id: env.required("ZOHO_SECRET_ID", needed(Need::ZohoSecret)),
+            staff_jwt_secret_id: env.required("STAFF_JWT_SECRET_ID", needed(Need::StaffJwtSecret)),
+            kommo_events_queue_url: env
+                .required("KOMMO_EVENTS_QUEUE_URL", needed(Need::KommoEventsQueue)),
+            full_refresh_queue_url: env
+                .required("FULL_REFRESH_QUEUE_URL", needed(Need::FullRefreshQueue)),
+            slack_secret_id: env.text("SLACK_SECRET_ID"),
+            staff_roles: env.list("STAFF_ROLES", &["admin", "ops"]),
+            kommo_rate_per_second: env.at_least("KOMMO_RATE_PER_SECOND", 7u32, 1),
+            kommo_http_timeout: env.millis("KOMMO_HTTP_TIMEOUT_MS", 10_000),
+            full_refresh_default_year: env.opt("FULL_REFRESH_DEFAULT_YEAR"),
+            full_refresh_year_bounds: env.choice(
+                "FULL_REFRESH_YEAR_BOUNDS",
+                &[
+                    ("utc", YearBounds::Utc),
+                    ("account", YearBounds::AccountTimezone),
+                ],
             ),
-            throttle_circuit: Duration::from_secs(r.parse("ZOHO_THROTTLE_CIRCUIT_SECONDS", 900u64)),
-        };
-        // Zoho keeps the token endpoint blocked for the rest of its 10-minute window.
-        if zoho.throttle_circuit < Duration::from_secs(600) {
-            r.problems
-                .push("ZOHO_THROTTLE_CIRCUIT_SECONDS must be at least 600".to_string());
+            full_refresh_keep_runs: env.or("FULL_REFRESH_KEEP_RUNS", 3i64),
+            outbox: OutboxSettings::read(env),
+            zoho: ZohoSettings::read(env),
         }
-
-        if !r.problems.is_empty() {
-            return Err(ConfigError {
-                problems: r.problems,
-            });
-        }
-        Ok(Config {
-            db,
-            db_ca_bundle,
-            db_pool_size,
-            db_statement_timeout,
-            db_require_tls,
-            secrets_ttl,
-            flags_ttl,
-            kommo_secret_id,
-            zoho_secret_id,
-            staff_jwt_secret_id,
-            slack_secret_id,
-            kommo_events_queue_url,
-            full_refresh_queue_url,
-            staff_roles,
-            kommo_rate_per_second,
-            kommo_http_timeout,
-            full_refresh_default_year,
-            full_refresh_year_bounds,
-            full_refresh_keep_runs,
-            outbox,
-            zoho,
-        })
     }
 }
 
-fn split_list(s: &str) -> Vec<String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .map(str::to_string)
-        .collect()
+impl DbSource {
+    fn read(env: &mut Env<'_>) -> DbSource {
+        match (env.text("DATABASE_URL"), env.text("DB_SECRET_ID")) {
+            (Some(url), _) => DbSource::Url(url),
+            (None, Some(id)) => DbSource::Secret(id),
+            (None, None) => {
+                env.problem("DATABASE_URL or DB_SECRET_ID must be set");
+                DbSource::Url(String::new())
+            }
+        }
+    }
 }
 
-struct Reader<'a> {
+impl OutboxSettings {
+    fn read(env: &mut Env<'_>) -> OutboxSettings {
+        OutboxSettings {
+            batch_size: env.at_least("OUTBOX_BATCH_SIZE", 200i64, 1),
+            max_attempts: env.at_least("OUTBOX_MAX_ATTEMPTS", 5i32, 1),
+            backoff_base: env.secs("OUTBOX_BACKOFF_BASE_SECONDS", 30),
+            backoff_cap: env.secs("OUTBOX_BACKOFF_CAP_SECONDS", 3_600),
+            lease: env.secs("OUTBOX_LEASE_SECONDS", 300),
+            zoho_concurrency: env.at_least("ZOHO_CONCURRENCY", 5usize, 1),
+            deadline_margin: env.millis("OUTBOX_DEADLINE_MARGIN_MS", 15_000),
+            defer: env.secs("OUTBOX_DEFER_SECONDS", 60),
+        }
+    }
+}
+
+impl ZohoSettings {
+    fn read(env: &mut Env<'_>) -> ZohoSettings {
+        ZohoSettings {
+            duplicate_check_fields: env.list("ZOHO_DUPLICATE_CHECK_FIELDS", &["Email"]),
+            sales_order_unique_field: env
+                .text("ZOHO_SALES_ORDER_UNIQUE_FIELD")
+                .unwrap_or_else(|| "ERP_Booking_Id".to_string()),
+            product_id: env.text("ZOHO_PRODUCT_ID"),
+            http_timeout: env.millis("ZOHO_HTTP_TIMEOUT_MS", 10_000),
+            contact_key_field: env.text("ZOHO_CONTACT_KEY_FIELD"),
+            token_refresh_margin: env.secs("ZOHO_TOKEN_REFRESH_MARGIN_SECONDS", 300),
+            // Zoho keeps the token endpoint blocked for the rest of its 10-minute window.
+            throttle_circuit: Duration::from_secs(env.at_least(
+                "ZOHO_THROTTLE_CIRCUIT_SECONDS",
+                900u64,
+                600,
+            )),
+        }
+    }
+}
+
+/// The one reader of settings, from the process environment or from a
+/// test's lookup. A value is trimmed and a blank one counts as unset. Each
+/// getter falls back to its default on a bad value and notes the problem, so
+/// [`Env::load`] can name every problem at once.
+pub struct Env<'a> {
     lookup: &'a dyn Fn(&str) -> Option<String>,
     problems: Vec<String>,
 }
 
-impl Reader<'_> {
-    fn string(&mut self, key: &str) -> Option<String> {
-        (self.lookup)(key)
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
+impl<'a> Env<'a> {
+    /// What `read` makes of the settings `lookup` gives, or every problem
+    /// it found.
+    pub fn load<T>(
+        lookup: impl Fn(&str) -> Option<String>,
+        read: impl FnOnce(&mut Env<'_>) -> T,
+    ) -> Result<T, ConfigError> {
+        let mut env = Env {
+            lookup: &lookup,
+            problems: Vec::new(),
+        };
+        let value = read(&mut env);
+        if env.problems.is_empty() {
+            Ok(value)
+        } else {
+            Err(ConfigError {
+                problems: env.problems,
+            })
+        }
     }
 
-    fn opt_parse<T: FromStr>(&mut self, key: &str) -> Option<T> {
-        let raw = self.string(key)?;
-        match raw.parse::<T>() {
-            Ok(v) => Some(v),
-            Err(_) => {
-                // The value is not echoed: a misplaced secret must not reach the logs.
-                self.problems.push(format!(
-                    "{key} is not a valid {}",
-                    std::any::type_name::<T>()
-                ));
-                None
+    /// [`Env::load`] from the process environment.
+    pub fn load_process<T>(read: impl FnOnce(&mut Env<'_>) -> T) -> Result<T, ConfigError> {
+        Env::load(|k| std::env::var(k).ok(), read)
+    }
+
+    pub fn problem(&mut self, problem: impl Into<String>) {
+        self.problems.push(problem.into());
+    }
+
+    pub fn text(&self, key: &str) -> Option<String> {
+        non_empty((self.lookup)(key).as_deref())
+    }
+
+    /// The value, with a problem when it is missing and `needed`.
+    pub fn required(&mut self, key: &str, needed: bool) -> Option<String> {
+        let value = self.text(key);
+        if value.is_none() && needed {
+            self.problem(format!("{key} must be set"));
+        }
+        value
+    }
+
+    pub fn opt<T: FromStr>(&mut self, key: &str) -> Option<T> {
+        let raw = self.text(key)?;
+        let parsed = raw.parse::<T>().ok();
+        if parsed.is_none() {
+            // The value is not echoed: a misplaced secret must not reach the logs.
+            let problem = format!("{key} is not a valid {}", std::any::type_name::<T>());
+            self.problem(problem);
+        }
+        parsed
+    }
+
+    pub fn or<T: FromStr>(&mut self, key: &str, default: T) -> T {
+        self.opt(key).unwrap_or(default)
+    }
+
+    pub fn at_least<T: FromStr + PartialOrd + Display>(
+        &mut self,
+        key: &str,
+        default: T,
+        min: T,
+    ) -> T {
+        let value = self.or(key, default);
+        if value < min {
+            self.problem(format!("{key} must be at least {min}"));
+        }
+        value
+    }
+
+    /// A whole number above zero; anything else is one problem, "must be a
+    /// positive whole number".
+    pub fn positive(&mut self, key: &str, default: u64) -> u64 {
+        match self.text(key).map(|v| v.parse::<u64>()) {
+            None => default,
+            Some(Ok(n)) if n > 0 => n,
+            Some(_) => {
+                self.problem(format!("{key} must be a positive whole number"));
+                default
             }
         }
     }
 
-    fn parse<T: FromStr>(&mut self, key: &str, default: T) -> T {
-        self.opt_parse(key).unwrap_or(default)
+    pub fn millis(&mut self, key: &str, default_ms: u64) -> Duration {
+        Duration::from_millis(self.or(key, default_ms))
+    }
+
+    pub fn secs(&mut self, key: &str, default_secs: u64) -> Duration {
+        Duration::from_secs(self.or(key, default_secs))
+    }
+
+    /// A comma-separated list, blanks dropped.
+    pub fn list(&mut self, key: &str, default: &[&str]) -> Vec<String> {
+        match self.text(key) {
+            Some(s) => s.split(',').filter_map(|p| non_empty(Some(p))).collect(),
+            None => default.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// One of `options` by name; unset means the first.
+    pub fn choice<T: Copy>(&mut self, key: &str, options: &[(&str, T)]) -> T {
+        let default = options[0].1;
+        let Some(given) = self.text(key) else {
+            return default;
+        };
+        if let Some((_, value)) = options.iter().find(|(name, _)| *name == given) {
+            return *value;
+        }
+        let names: Vec<String> = options.iter().map(|(n, _)| format!("`{n}`")).collect();
+        self.problem(format!(
+            "{key} must be {}, not `{given}`",
+            names.join(" or ")
+        ));
+        default
     }
 }
 
@@ -364,5 +403,36 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.problems.len(), 1);
         assert!(err.problems[0].contains("`mars`"));
+    }
+
+    #[test]
+    fn the_reader_trims_lists_and_names_bad_values() {
+        let vars: HashMap<&str, &str> = [
+            ("LIST", " a, ,b "),
+            ("ZERO", "0"),
+            ("WORD", "many"),
+            ("BLANK", "  "),
+        ]
+        .into_iter()
+        .collect();
+        let err = Env::load(
+            |k| vars.get(k).map(|v| v.to_string()),
+            |env| {
+                assert_eq!(env.list("LIST", &["x"]), vec!["a", "b"]);
+                assert_eq!(env.list("BLANK", &["x"]), vec!["x"]);
+                assert_eq!(env.positive("ZERO", 3), 3);
+                assert_eq!(env.positive("WORD", 4), 4);
+                assert_eq!(env.positive("UNSET", 5), 5);
+                assert_eq!(env.required("BLANK", false), None);
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.problems,
+            vec![
+                "ZERO must be a positive whole number",
+                "WORD must be a positive whole number"
+            ]
+        );
     }
 }

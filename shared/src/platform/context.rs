@@ -6,7 +6,9 @@ use crate::{
     platform::config::{Config, ConfigError, Need},
     platform::db::{DbError, DbPool, DbSettings},
     platform::flags::FeatureFlags,
-    platform::secrets::{SecretError, Secrets},
+    platform::secrets::{SecretError, SecretSource, Secrets},
+    platform::sqs::Queue,
+    platform::telemetry,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,15 @@ pub struct AppContext {
 }
 
 impl AppContext {
+    /// A function's cold start: logging first, so a failure to build the
+    /// context is logged like everything else, then [`AppContext::from_env`].
+    pub async fn start(function: &str, needs: &[Need]) -> Result<Self, InitError> {
+        telemetry::init();
+        Self::from_env(needs).await.inspect_err(|e| {
+            tracing::error!(error = %e, function, "the function could not start");
+        })
+    }
+
     /// Reads the environment and builds the clients. No network call is made
     /// unless the database settings live in a secret.
     pub async fn from_env(needs: &[Need]) -> Result<Self, InitError> {
@@ -54,5 +65,19 @@ impl AppContext {
 
     pub fn sqs_client(&self) -> aws_sdk_sqs::Client {
         aws_sdk_sqs::Client::new(&self.sdk)
+    }
+
+    /// The Secrets Manager secret a setting names. A missing id is empty
+    /// rather than an error: [`Need`] made the settings a function uses required.
+    pub fn secret<T>(&self, id: &Option<String>) -> SecretSource<T> {
+        SecretSource::Manager {
+            secrets: self.secrets.clone(),
+            id: id.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The SQS queue a setting names (see [`AppContext::secret`] on a missing one).
+    pub fn queue(&self, url: &Option<String>) -> Queue {
+        Queue::new(self.sqs_client(), url.clone().unwrap_or_default())
     }
 }

@@ -7,27 +7,19 @@ use full_refresh::worker::WorkerApp;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use shared::{
     kommo::{KommoClient, KommoClientOptions},
-    platform::config::Need,
-    platform::context::AppContext,
-    platform::deadline::Deadline,
-    platform::secrets::KommoSecret,
-    platform::sqs::Queue,
-    platform::telemetry,
+    platform::{config::Need, context::AppContext, deadline::Deadline, secrets::KommoSecret},
     refresh::{alert::SlackTarget, Alerter, RefreshSettings, Worker},
 };
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    telemetry::init();
-    let ctx = AppContext::from_env(&[Need::KommoSecret, Need::FullRefreshQueue]).await?;
-    let settings = RefreshSettings::from_env(&ctx.config)?;
-    let need = |v: &Option<String>| v.clone().unwrap_or_default();
-    let kommo_secret: KommoSecret = ctx
-        .secrets
-        .get_json(&need(&ctx.config.kommo_secret_id))
-        .await?;
-    let kommo = KommoClient::new(&kommo_secret, KommoClientOptions::from_config(&ctx.config))?;
-    let target = match &ctx.config.slack_secret_id {
+    let needs = [Need::KommoSecret, Need::FullRefreshQueue];
+    let ctx = AppContext::start("full-refresh-worker", &needs).await?;
+    let config = &ctx.config;
+    let settings = RefreshSettings::from_env(config)?;
+    let secret: KommoSecret = ctx.secret(&config.kommo_secret_id).get().await?;
+    let kommo = KommoClient::new(&secret, KommoClientOptions::from_config(config))?;
+    let target = match &config.slack_secret_id {
         Some(id) => SlackTarget::Secret {
             secrets: ctx.secrets.clone(),
             id: id.clone(),
@@ -39,10 +31,7 @@ async fn main() -> Result<(), Error> {
         worker: Worker {
             pool: ctx.pool.clone(),
             kommo,
-            queue: Arc::new(Queue::new(
-                ctx.sqs_client(),
-                need(&ctx.config.full_refresh_queue_url),
-            )),
+            queue: Arc::new(ctx.queue(&config.full_refresh_queue_url)),
             flags: ctx.flags.clone(),
             alerter: Some(Alerter::new(ctx.flags.clone(), target)),
             settings,

@@ -7,21 +7,16 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use shared::{
     ingest::Pipeline,
     kommo::{KommoClient, KommoClientOptions},
-    platform::config::Need,
-    platform::context::AppContext,
-    platform::secrets::KommoSecret,
-    platform::telemetry,
+    platform::{config::Need, context::AppContext, secrets::KommoSecret},
 };
 use webhook::processor::Processor;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    telemetry::init();
-    let ctx = AppContext::from_env(&[Need::KommoSecret]).await?;
-    let secret_id = ctx.config.kommo_secret_id.clone().unwrap_or_default();
+    let ctx = AppContext::start("webhook-processor", &[Need::KommoSecret]).await?;
     // Read once per cold start: the token is long-lived (Kommo's long-lived
     // tokens last months), so a rotation reaches the function as containers recycle.
-    let secret: KommoSecret = ctx.secrets.get_json(&secret_id).await?;
+    let secret: KommoSecret = ctx.secret(&ctx.config.kommo_secret_id).get().await?;
     let kommo = KommoClient::new(&secret, KommoClientOptions::from_config(&ctx.config))?;
     let processor = Arc::new(Processor::from(Pipeline {
         pool: ctx.pool.clone(),
