@@ -41,21 +41,11 @@ pub async fn is_active(
         .map(|r| r.get(0)))
 }
 
-/// The run's vehicles that do not exist yet, so bookings can point at them.
-/// A full refresh does not rename existing vehicles.
-pub async fn insert_staged(
-    tx: &tokio_postgres::Transaction<'_>,
-    run_id: Uuid,
-) -> Result<(), DbError> {
-    tx.execute(
-        "INSERT INTO vehicles (kommo_vehicle_id, name)
-         SELECT DISTINCT ON (vehicle_enum_id) vehicle_enum_id,
-                coalesce(nullif(vehicle_name, ''), 'Kommo vehicle ' || vehicle_enum_id)
-           FROM stg_kommo_booking_vehicles WHERE run_id = $1
-          ORDER BY vehicle_enum_id, vehicle_name NULLS LAST
-         ON CONFLICT (kommo_vehicle_id) DO NOTHING",
-        &[&run_id],
-    )
-    .await?;
-    Ok(())
-}
+/// The run's (`$1`) vehicles that do not exist yet, so bookings can point
+/// at them. A full refresh does not rename existing vehicles.
+pub(super) const INSERT_STAGED: &str = "INSERT INTO vehicles (kommo_vehicle_id, name)
+     SELECT DISTINCT ON (vehicle_enum_id) vehicle_enum_id,
+            coalesce(nullif(vehicle_name, ''), 'Kommo vehicle ' || vehicle_enum_id)
+       FROM stg_kommo_booking_vehicles WHERE run_id = $1
+      ORDER BY vehicle_enum_id, vehicle_name NULLS LAST
+     ON CONFLICT (kommo_vehicle_id) DO NOTHING";
