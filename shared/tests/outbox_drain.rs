@@ -501,6 +501,41 @@ async fn the_last_attempt_fails_the_row_and_the_booking() {
 }
 
 #[tokio::test]
+async fn a_lease_that_expires_on_the_last_attempt_fails_the_row_and_the_booking() {
+    let db = TestDb::new().await;
+    let (_, booking) = seed_order(&db, "lease@example.com").await;
+    let mut c = db.client().await;
+    c.execute("UPDATE integrations_outbox SET attempts = 4", &[])
+        .await
+        .unwrap();
+    // A drain claims its last attempt and dies before settling.
+    let claimed = outbox::claim(&c, 100, Duration::from_secs(1), "dead-drain")
+        .await
+        .unwrap();
+    assert!(!claimed.is_empty());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        outbox::rescue_expired(&mut c, 5).await.unwrap(),
+        (0, claimed.len() as u64)
+    );
+    let r = row(&db, outbox::EVENT_SALES_ORDER_CREATE, booking).await;
+    assert_eq!((r.status.as_str(), r.attempts), ("failed", 5));
+    assert_eq!(
+        r.last_error.as_deref(),
+        Some("lease expired on the last attempt")
+    );
+    let sync: String = c
+        .query_one(
+            "SELECT zoho_sync_status FROM bookings WHERE id = $1",
+            &[&booking],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sync, "failed");
+}
+
+#[tokio::test]
 async fn an_order_created_then_timed_out_ends_with_one_order_and_its_id() {
     let db = live_db().await;
     let z = ZohoSandbox::start(ZohoOptions::default()).await.unwrap();
