@@ -397,33 +397,13 @@ impl KommoClient {
         }
     }
 
+    /// One rate-limited GET, read to the end.
     async fn get_once(
         &self,
         url: &str,
         path: &str,
         query: &[(String, String)],
     ) -> Result<Body, KommoError> {
-        let answer = self.send(url, path, query).await?;
-        if answer.status.is_success() {
-            return answer.body();
-        }
-        let err = answer.error();
-        if matches!(
-            err,
-            KommoError::IpBlocked { .. } | KommoError::Unauthorized { .. }
-        ) {
-            tracing::error!(path, status = answer.status.as_u16(), request_id = answer.request_id, error = %err, "Kommo refused the request");
-        }
-        Err(err)
-    }
-
-    /// One rate-limited GET, read to the end.
-    async fn send(
-        &self,
-        url: &str,
-        path: &str,
-        query: &[(String, String)],
-    ) -> Result<Answer, KommoError> {
         self.limiter.until_ready().await;
         let resp = self
             .http
@@ -456,12 +436,13 @@ impl KommoClient {
             bytes = bytes.len(),
             "Kommo answered"
         );
-        Ok(Answer {
+        Answer {
             status,
             request_id,
             content_type,
             text: String::from_utf8_lossy(&bytes).into_owned(),
-        })
+        }
+        .read(path)
     }
 }
 
@@ -474,6 +455,20 @@ struct Answer {
 }
 
 impl Answer {
+    fn read(self, path: &str) -> Result<Body, KommoError> {
+        if self.status.is_success() {
+            return self.body();
+        }
+        let err = self.error();
+        if matches!(
+            err,
+            KommoError::IpBlocked { .. } | KommoError::Unauthorized { .. }
+        ) {
+            tracing::error!(path, status = self.status.as_u16(), request_id = self.request_id, error = %err, "Kommo refused the request");
+        }
+        Err(err)
+    }
+
     /// The body of a successful answer: JSON, or nothing.
     fn body(&self) -> Result<Body, KommoError> {
         if self.status == StatusCode::NO_CONTENT || self.text.trim().is_empty() {
