@@ -22,6 +22,15 @@ macro_rules! kommo_booking_columns {
     };
 }
 
+/// What a newer lead overwrites in its booking, per row and per run; the
+/// client link, the key and the activity are set beside it.
+macro_rules! kommo_booking_overwrites {
+    () => {
+        "(owner_id, kommo_lead_id, kommo_pipeline_id, kommo_status_id, status, source, title, \
+          start_at, end_at, vehicle_id, total_amount, kommo_updated_at)"
+    };
+}
+
 /// A lead's booking as found before applying the lead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeadBooking {
@@ -134,13 +143,14 @@ pub async fn update_from_lead(
     params.extend(row.params());
     execute_cached(
         tx,
-        "UPDATE bookings SET
-             source_payload_id = coalesce(source_payload_id, $2),
-             owner_id = $3, client_id = coalesce($4, client_id), kommo_lead_id = $5,
-             kommo_pipeline_id = $6, kommo_status_id = $7, status = $8, source = $9,
-             title = $10, start_at = $11, end_at = $12, vehicle_id = $13, is_active = true,
-             total_amount = $14::bigint::numeric, kommo_updated_at = $15, updated_at = now()
-          WHERE id = $1",
+        concat!(
+            "UPDATE bookings SET
+                 source_payload_id = coalesce(source_payload_id, $2),
+                 client_id = coalesce($4, client_id), is_active = true, updated_at = now(), ",
+            kommo_booking_overwrites!(),
+            " = ($3, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::bigint::numeric, $15)
+              WHERE id = $1"
+        ),
         &params,
     )
     .await?;
@@ -326,14 +336,12 @@ pub(super) const UPSERT_STAGED: &str = concat!(
        LEFT JOIN vehicles v ON v.kommo_vehicle_id = s.vehicle_enum_id
       WHERE s.run_id = $1 AND NOT s.excluded
      ON CONFLICT (source_payload_id) DO UPDATE SET
-            (owner_id, client_id, kommo_lead_id, kommo_pipeline_id, kommo_status_id, status,
-             source, title, start_at, end_at, vehicle_id, total_amount, kommo_updated_at)
-          = (EXCLUDED.owner_id, EXCLUDED.client_id, EXCLUDED.kommo_lead_id,
-             EXCLUDED.kommo_pipeline_id, EXCLUDED.kommo_status_id, EXCLUDED.status,
-             EXCLUDED.source, EXCLUDED.title, EXCLUDED.start_at, EXCLUDED.end_at,
-             EXCLUDED.vehicle_id, EXCLUDED.total_amount, EXCLUDED.kommo_updated_at),
-            is_active = true,
-            updated_at = now()
+            client_id = EXCLUDED.client_id, is_active = true, updated_at = now(), ",
+    kommo_booking_overwrites!(),
+    " = (EXCLUDED.owner_id, EXCLUDED.kommo_lead_id, EXCLUDED.kommo_pipeline_id,
+            EXCLUDED.kommo_status_id, EXCLUDED.status, EXCLUDED.source, EXCLUDED.title,
+            EXCLUDED.start_at, EXCLUDED.end_at, EXCLUDED.vehicle_id, EXCLUDED.total_amount,
+            EXCLUDED.kommo_updated_at)
       WHERE bookings.channel = 'Kommo'
         AND (bookings.kommo_updated_at IS NULL
              OR bookings.kommo_updated_at <= EXCLUDED.kommo_updated_at)"
