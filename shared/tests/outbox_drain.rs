@@ -123,6 +123,16 @@ async fn seed_order(db: &TestDb, email: &str) -> (Uuid, Uuid) {
     (client, booking)
 }
 
+async fn sync_status(c: &tokio_postgres::Client, booking: Uuid) -> String {
+    c.query_one(
+        "SELECT zoho_sync_status FROM bookings WHERE id = $1",
+        &[&booking],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 struct RowState {
     status: String,
     attempts: i32,
@@ -472,15 +482,7 @@ async fn the_last_attempt_fails_the_row_and_the_booking() {
         .last_error
         .unwrap()
         .starts_with("gave up after 5 attempts"));
-    let sync: String = c
-        .query_one(
-            "SELECT zoho_sync_status FROM bookings WHERE id = $1",
-            &[&booking],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(sync, "failed");
+    assert_eq!(sync_status(&c, booking).await, "failed");
 
     // The runbook's requeue gives it a fresh set of attempts.
     assert_eq!(outbox::requeue_failed(&c, None).await.unwrap(), 1);
@@ -489,15 +491,34 @@ async fn the_last_attempt_fails_the_row_and_the_booking() {
     assert_eq!(outbox::requeue_failed(&c, None).await.unwrap(), 0);
     let report = run(&drain(&db, &z)).await;
     assert_eq!(report.succeeded, 1);
-    let sync: String = c
-        .query_one(
-            "SELECT zoho_sync_status FROM bookings WHERE id = $1",
-            &[&booking],
-        )
+    assert_eq!(sync_status(&c, booking).await, "synced");
+}
+
+#[tokio::test]
+async fn a_lease_that_expires_on_the_last_attempt_fails_the_row_and_the_booking() {
+    let db = TestDb::new().await;
+    let (_, booking) = seed_order(&db, "lease@example.com").await;
+    let mut c = db.client().await;
+    c.execute("UPDATE integrations_outbox SET attempts = 4", &[])
         .await
-        .unwrap()
-        .get(0);
-    assert_eq!(sync, "synced");
+        .unwrap();
+    // A drain claims its last attempt and dies before settling.
+    let claimed = outbox::claim(&c, 100, Duration::from_secs(1), "dead-drain")
+        .await
+        .unwrap();
+    assert!(!claimed.is_empty());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        outbox::rescue_expired(&mut c, 5).await.unwrap(),
+        (0, claimed.len() as u64)
+    );
+    let r = row(&db, outbox::EVENT_SALES_ORDER_CREATE, booking).await;
+    assert_eq!((r.status.as_str(), r.attempts), ("failed", 5));
+    assert_eq!(
+        r.last_error.as_deref(),
+        Some("lease expired on the last attempt")
+    );
+    assert_eq!(sync_status(&c, booking).await, "failed");
 }
 
 #[tokio::test]
@@ -568,17 +589,7 @@ async fn an_invalid_order_fails_at_once_and_marks_the_booking() {
         .last_error
         .unwrap()
         .contains("INVALID_DATA: invalid data (Subject"));
-    let sync: String = db
-        .client()
-        .await
-        .query_one(
-            "SELECT zoho_sync_status FROM bookings WHERE id = $1",
-            &[&booking],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(sync, "failed");
+    assert_eq!(sync_status(&db.client().await, booking).await, "failed");
 }
 
 #[tokio::test]

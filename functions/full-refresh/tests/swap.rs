@@ -7,6 +7,7 @@ mod common;
 use chrono::{TimeZone, Utc};
 use common::*;
 use serde_json::json;
+use shared::kommo::MappedContact;
 use shared::refresh::{
     runs::{self, RunStatus, StartOutcome},
     staging::{self, StagedContact, StagedLead, StagedPage, StagedVehicle},
@@ -59,15 +60,17 @@ fn lead(
 
 fn contact(id: i64) -> StagedContact {
     StagedContact {
-        contact_id: id,
+        contact: MappedContact {
+            contact_id: id,
+            full_name: format!("Client {id}"),
+            first_name: Some("Client".into()),
+            last_name: Some(id.to_string()),
+            email: Some(format!("c{id}@example.test")),
+            phone: Some("+7 (900) 123-45-67".into()),
+            phone_normalized: Some("79001234567".into()),
+            updated_at: ts(2025, 2, 1),
+        },
         payload: json!({"id": id}),
-        full_name: format!("Client {id}"),
-        first_name: Some("Client".into()),
-        last_name: Some(id.to_string()),
-        email: Some(format!("c{id}@example.test")),
-        phone: Some("+7 (900) 123-45-67".into()),
-        phone_normalized: Some("79001234567".into()),
-        updated_at: ts(2025, 2, 1),
     }
 }
 
@@ -586,7 +589,7 @@ async fn copy_and_row_inserts_stage_identical_rows_and_cleanup_keeps_the_last_ru
         let mut p = page(3);
         p.leads[1].name = None;
         p.leads[1].start_at = None;
-        p.contacts[1].email = None;
+        p.contacts[1].contact.email = None;
         stage(&db, run_id, &p, method).await;
         assert!(matches!(
             run_swap(&db, run_id).await,

@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
-use super::clients::ClientInput;
+use tokio_postgres::types::ToSql;
+
+use super::{clients::ClientInput, execute_cached};
 use crate::{kommo::MappedLead, platform::db::DbError};
 
 /// The columns a Kommo lead writes into its booking, per row and per run.
@@ -17,6 +19,15 @@ macro_rules! kommo_booking_columns {
         "source_payload_id, channel, created_by, owner_id, client_id, kommo_lead_id, \
          kommo_pipeline_id, kommo_status_id, status, source, title, start_at, end_at, vehicle_id, \
          total_amount, kommo_updated_at"
+    };
+}
+
+/// What a newer lead overwrites in its booking, per row and per run; the
+/// client link, the key and the activity are set beside it.
+macro_rules! kommo_booking_overwrites {
+    () => {
+        "(owner_id, kommo_lead_id, kommo_pipeline_id, kommo_status_id, status, source, title, \
+          start_at, end_at, vehicle_id, total_amount, kommo_updated_at)"
     };
 }
 
@@ -60,13 +71,11 @@ pub async fn deactivate_excluded(
     id: Uuid,
     lead: &MappedLead,
 ) -> Result<(), DbError> {
-    tx.execute(
-        &tx.prepare_cached(
-            "UPDATE bookings SET is_active = false, kommo_status_id = $2, status = $3,
+    execute_cached(
+        tx,
+        "UPDATE bookings SET is_active = false, kommo_status_id = $2, status = $3,
                 kommo_updated_at = $4, updated_at = now()
           WHERE id = $1",
-        )
-        .await?,
         &[
             &id,
             &lead.status_id,
@@ -78,6 +87,48 @@ pub async fn deactivate_excluded(
     Ok(())
 }
 
+/// What a lead writes into its booking, per row.
+struct LeadRow<'a> {
+    lead: &'a MappedLead,
+    client_id: Option<Uuid>,
+    vehicle_id: Option<Uuid>,
+    source_payload_id: String,
+}
+
+impl<'a> LeadRow<'a> {
+    fn new(lead: &'a MappedLead, client_id: Option<Uuid>, vehicle_id: Option<Uuid>) -> Self {
+        LeadRow {
+            lead,
+            client_id,
+            vehicle_id,
+            source_payload_id: lead.source_payload_id(),
+        }
+    }
+
+    /// The values of [`kommo_booking_columns!`] a lead sets, in the order of
+    /// the placeholders both statements below use (after the insert's fixed
+    /// channel and creator).
+    fn params(&self) -> [&(dyn ToSql + Sync); 14] {
+        let l = self.lead;
+        [
+            &self.source_payload_id,
+            &l.owner_staff_id,
+            &self.client_id,
+            &l.lead_id,
+            &l.pipeline_id,
+            &l.status_id,
+            &l.booking_status,
+            &l.source,
+            &l.name,
+            &l.start_at,
+            &l.end_at,
+            &self.vehicle_id,
+            &l.price,
+            &l.kommo_updated_at,
+        ]
+    }
+}
+
 /// Rewrites a found booking from its lead; an adopted manual booking keeps
 /// its channel and gains the lead's `source_payload_id`.
 pub async fn update_from_lead(
@@ -87,34 +138,20 @@ pub async fn update_from_lead(
     client_id: Option<Uuid>,
     vehicle_id: Option<Uuid>,
 ) -> Result<(), DbError> {
-    tx.execute(
-        &tx.prepare_cached(
+    let row = LeadRow::new(lead, client_id, vehicle_id);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&id];
+    params.extend(row.params());
+    execute_cached(
+        tx,
+        concat!(
             "UPDATE bookings SET
-             source_payload_id = coalesce(source_payload_id, $2),
-             owner_id = $3, client_id = coalesce($4, client_id), kommo_lead_id = $5,
-             kommo_pipeline_id = $6, kommo_status_id = $7, status = $8, source = $9,
-             title = $10, start_at = $11, end_at = $12, vehicle_id = $13, is_active = true,
-             total_amount = $14::bigint::numeric, kommo_updated_at = $15, updated_at = now()
-          WHERE id = $1",
-        )
-        .await?,
-        &[
-            &id,
-            &lead.source_payload_id(),
-            &lead.owner_staff_id,
-            &client_id,
-            &lead.lead_id,
-            &lead.pipeline_id,
-            &lead.status_id,
-            &lead.booking_status,
-            &lead.source,
-            &lead.name,
-            &lead.start_at,
-            &lead.end_at,
-            &vehicle_id,
-            &lead.price,
-            &lead.kommo_updated_at,
-        ],
+                 source_payload_id = coalesce(source_payload_id, $2),
+                 client_id = coalesce($4, client_id), is_active = true, updated_at = now(), ",
+            kommo_booking_overwrites!(),
+            " = ($3, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::bigint::numeric, $15)
+              WHERE id = $1"
+        ),
+        &params,
     )
     .await?;
     Ok(())
@@ -127,6 +164,7 @@ pub async fn insert_from_lead(
     client_id: Option<Uuid>,
     vehicle_id: Option<Uuid>,
 ) -> Result<Uuid, DbError> {
+    let row = LeadRow::new(lead, client_id, vehicle_id);
     let stmt = tx
         .prepare_cached(concat!(
             "INSERT INTO bookings (",
@@ -136,28 +174,7 @@ pub async fn insert_from_lead(
              RETURNING id"
         ))
         .await?;
-    Ok(tx
-        .query_one(
-            &stmt,
-            &[
-                &lead.source_payload_id(),
-                &lead.owner_staff_id,
-                &client_id,
-                &lead.lead_id,
-                &lead.pipeline_id,
-                &lead.status_id,
-                &lead.booking_status,
-                &lead.source,
-                &lead.name,
-                &lead.start_at,
-                &lead.end_at,
-                &vehicle_id,
-                &lead.price,
-                &lead.kommo_updated_at,
-            ],
-        )
-        .await?
-        .get(0))
+    Ok(tx.query_one(&stmt, &row.params()).await?.get(0))
 }
 
 /// Makes `vehicle_id` the booking's primary vehicle, or removes the primary
@@ -168,30 +185,24 @@ pub async fn set_primary_vehicle(
     vehicle_id: Option<Uuid>,
 ) -> Result<(), DbError> {
     let Some(vid) = vehicle_id else {
-        tx.execute(
-            &tx.prepare_cached(
-                "DELETE FROM booking_vehicles WHERE booking_id = $1 AND \"primary\"",
-            )
-            .await?,
+        execute_cached(
+            tx,
+            "DELETE FROM booking_vehicles WHERE booking_id = $1 AND \"primary\"",
             &[&booking_id],
         )
         .await?;
         return Ok(());
     };
-    tx.execute(
-        &tx.prepare_cached(
-            "DELETE FROM booking_vehicles WHERE booking_id = $1 AND \"primary\" AND vehicle_id <> $2",
-        )
-        .await?,
+    execute_cached(
+        tx,
+        "DELETE FROM booking_vehicles WHERE booking_id = $1 AND \"primary\" AND vehicle_id <> $2",
         &[&booking_id, &vid],
     )
     .await?;
-    tx.execute(
-        &tx.prepare_cached(
-            "INSERT INTO booking_vehicles (booking_id, vehicle_id, \"primary\") VALUES ($1, $2, true)
-             ON CONFLICT (booking_id, vehicle_id) DO UPDATE SET \"primary\" = true",
-        )
-        .await?,
+    execute_cached(
+        tx,
+        "INSERT INTO booking_vehicles (booking_id, vehicle_id, \"primary\") VALUES ($1, $2, true)
+         ON CONFLICT (booking_id, vehicle_id) DO UPDATE SET \"primary\" = true",
         &[&booking_id, &vid],
     )
     .await?;
@@ -201,16 +212,13 @@ pub async fn set_primary_vehicle(
 /// A lead deleted in Kommo: its booking is deactivated, not removed, so a
 /// restore brings it back. Returns the rows changed.
 pub async fn deactivate_deleted_lead(tx: &Transaction<'_>, lead_id: i64) -> Result<u64, DbError> {
-    Ok(tx
-        .execute(
-            &tx.prepare_cached(
-                "UPDATE bookings SET is_active = false, updated_at = now()
-              WHERE source_payload_id = $1 AND is_active",
-            )
-            .await?,
-            &[&format!("kommo:{lead_id}")],
-        )
-        .await?)
+    execute_cached(
+        tx,
+        "UPDATE bookings SET is_active = false, updated_at = now()
+          WHERE source_payload_id = $1 AND is_active",
+        &[&format!("kommo:{lead_id}")],
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------
@@ -306,105 +314,70 @@ pub async fn add_calendar_entry(
 // Full refresh (set-based over one run's staging rows)
 // ---------------------------------------------------------------------------
 
-/// Deactivates the Kommo bookings of before the run, except rows changed in
-/// Kommo after the snapshot began.
-pub async fn deactivate_stale(
-    tx: &tokio_postgres::Transaction<'_>,
-    run_id: Uuid,
-    started_at: DateTime<Utc>,
-) -> Result<(), DbError> {
-    tx.execute(
-        "UPDATE bookings b SET is_active = false, updated_at = now()
-          WHERE b.channel = 'Kommo' AND b.is_active
-            AND (b.kommo_updated_at IS NULL OR b.kommo_updated_at < $2)
-            AND NOT EXISTS (SELECT 1 FROM stg_kommo_leads s
-                             WHERE s.run_id = $1 AND b.source_payload_id = 'kommo:' || s.lead_id
-                               AND b.kommo_updated_at > s.updated_at)",
-        &[&run_id, &started_at],
-    )
-    .await?;
-    Ok(())
-}
+/// Deactivates the Kommo bookings of before the run (`$1`, started at `$2`).
+pub(super) const DEACTIVATE_STALE: &str = concat!(
+    "UPDATE bookings b SET is_active = false, updated_at = now()
+      WHERE b.channel = 'Kommo' AND b.is_active AND ",
+    before_run!("b", "b.source_payload_id = 'kommo:' || s.lead_id")
+);
 
-/// Bookings of the run's bookable leads; clients and vehicles are written first.
-pub async fn upsert_staged(
-    tx: &tokio_postgres::Transaction<'_>,
-    run_id: Uuid,
-) -> Result<(), DbError> {
-    tx.execute(
-        concat!(
-            "INSERT INTO bookings (",
-            kommo_booking_columns!(),
-            ", is_active, created_at, updated_at)
-         SELECT 'kommo:' || s.lead_id, 'Kommo', 'system-kommo', s.owner_id, c.id,
-                s.lead_id, s.pipeline_id, s.status_id, s.booking_status, s.lead_source,
-                nullif(s.name, ''), s.start_at, s.end_at, v.id, s.price,
-                s.updated_at, true, coalesce(s.created_at, now()), now()
-           FROM stg_kommo_leads s
-           LEFT JOIN clients c ON c.kommo_contact_id = s.contact_id
-           LEFT JOIN vehicles v ON v.kommo_vehicle_id = s.vehicle_enum_id
-          WHERE s.run_id = $1 AND NOT s.excluded
-         ON CONFLICT (source_payload_id) DO UPDATE SET
-                owner_id = EXCLUDED.owner_id,
-                client_id = EXCLUDED.client_id,
-                kommo_lead_id = EXCLUDED.kommo_lead_id,
-                kommo_pipeline_id = EXCLUDED.kommo_pipeline_id,
-                kommo_status_id = EXCLUDED.kommo_status_id,
-                status = EXCLUDED.status,
-                source = EXCLUDED.source,
-                title = EXCLUDED.title,
-                start_at = EXCLUDED.start_at,
-                end_at = EXCLUDED.end_at,
-                vehicle_id = EXCLUDED.vehicle_id,
-                is_active = true,
-                total_amount = EXCLUDED.total_amount,
-                kommo_updated_at = EXCLUDED.kommo_updated_at,
-                updated_at = now()
-          WHERE bookings.channel = 'Kommo'
-            AND (bookings.kommo_updated_at IS NULL
-                 OR bookings.kommo_updated_at <= EXCLUDED.kommo_updated_at)"
-        ),
-        &[&run_id],
-    )
-    .await?;
-    Ok(())
-}
+/// Bookings of the run's (`$1`) bookable leads; clients and vehicles are
+/// written first.
+pub(super) const UPSERT_STAGED: &str = concat!(
+    "INSERT INTO bookings (",
+    kommo_booking_columns!(),
+    ", is_active, created_at, updated_at)
+     SELECT 'kommo:' || s.lead_id, 'Kommo', 'system-kommo', s.owner_id, c.id,
+            s.lead_id, s.pipeline_id, s.status_id, s.booking_status, s.lead_source,
+            nullif(s.name, ''), s.start_at, s.end_at, v.id, s.price,
+            s.updated_at, true, coalesce(s.created_at, now()), now()
+       FROM stg_kommo_leads s
+       LEFT JOIN clients c ON c.kommo_contact_id = s.contact_id
+       LEFT JOIN vehicles v ON v.kommo_vehicle_id = s.vehicle_enum_id
+      WHERE s.run_id = $1 AND NOT s.excluded
+     ON CONFLICT (source_payload_id) DO UPDATE SET
+            client_id = EXCLUDED.client_id, is_active = true, updated_at = now(), ",
+    kommo_booking_overwrites!(),
+    " = (EXCLUDED.owner_id, EXCLUDED.kommo_lead_id, EXCLUDED.kommo_pipeline_id,
+            EXCLUDED.kommo_status_id, EXCLUDED.status, EXCLUDED.source, EXCLUDED.title,
+            EXCLUDED.start_at, EXCLUDED.end_at, EXCLUDED.vehicle_id, EXCLUDED.total_amount,
+            EXCLUDED.kommo_updated_at)
+      WHERE bookings.channel = 'Kommo'
+        AND (bookings.kommo_updated_at IS NULL
+             OR bookings.kommo_updated_at <= EXCLUDED.kommo_updated_at)"
+);
 
-/// Links the run's vehicles to their bookings; the lead's vehicle is the
-/// booking's primary one.
-pub async fn link_staged_vehicles(
-    tx: &tokio_postgres::Transaction<'_>,
-    run_id: Uuid,
-) -> Result<(), DbError> {
-    tx.execute(
-        "WITH links AS (
-            SELECT b.id AS booking_id, v.id AS vehicle_id
-              FROM stg_kommo_booking_vehicles sv
-              JOIN stg_kommo_leads s ON s.run_id = sv.run_id AND s.lead_id = sv.lead_id AND NOT s.excluded
-              JOIN bookings b ON b.source_payload_id = 'kommo:' || sv.lead_id AND b.channel = 'Kommo'
-              JOIN vehicles v ON v.kommo_vehicle_id = sv.vehicle_enum_id
-             WHERE sv.run_id = $1 AND sv.is_primary)
-         UPDATE booking_vehicles bv SET \"primary\" = false
-           FROM links l
-          WHERE bv.booking_id = l.booking_id AND bv.\"primary\" AND bv.vehicle_id <> l.vehicle_id",
-        &[&run_id],
-    )
-    .await?;
-    tx.execute(
-        "INSERT INTO booking_vehicles (booking_id, vehicle_id, \"primary\")
-         SELECT DISTINCT ON (b.id, v.id) b.id, v.id, sv.is_primary
-           FROM stg_kommo_booking_vehicles sv
+/// The run's (`$1`) vehicle links of bookable leads, with their booking `b`
+/// and vehicle `v`.
+macro_rules! staged_links {
+    () => {
+        "FROM stg_kommo_booking_vehicles sv
            JOIN stg_kommo_leads s ON s.run_id = sv.run_id AND s.lead_id = sv.lead_id AND NOT s.excluded
            JOIN bookings b ON b.source_payload_id = 'kommo:' || sv.lead_id AND b.channel = 'Kommo'
            JOIN vehicles v ON v.kommo_vehicle_id = sv.vehicle_enum_id
-          WHERE sv.run_id = $1
-          ORDER BY b.id, v.id, sv.is_primary DESC
-         ON CONFLICT (booking_id, vehicle_id) DO UPDATE SET \"primary\" = EXCLUDED.\"primary\"",
-        &[&run_id],
-    )
-    .await?;
-    Ok(())
+          WHERE sv.run_id = $1"
+    };
 }
+
+/// The lead's vehicle is the booking's primary one: other primaries of a
+/// booking with a staged primary vehicle step down first.
+pub(super) const DEMOTE_STAGED_PRIMARIES: &str = concat!(
+    "WITH links AS (SELECT b.id AS booking_id, v.id AS vehicle_id ",
+    staged_links!(),
+    " AND sv.is_primary)
+     UPDATE booking_vehicles bv SET \"primary\" = false
+       FROM links l
+      WHERE bv.booking_id = l.booking_id AND bv.\"primary\" AND bv.vehicle_id <> l.vehicle_id"
+);
+
+/// Links the run's (`$1`) vehicles to their bookings.
+pub(super) const LINK_STAGED_VEHICLES: &str = concat!(
+    "INSERT INTO booking_vehicles (booking_id, vehicle_id, \"primary\")
+     SELECT DISTINCT ON (b.id, v.id) b.id, v.id, sv.is_primary ",
+    staged_links!(),
+    " ORDER BY b.id, v.id, sv.is_primary DESC
+     ON CONFLICT (booking_id, vehicle_id) DO UPDATE SET \"primary\" = EXCLUDED.\"primary\""
+);
 
 // ---------------------------------------------------------------------------
 // Zoho settle (set-based over a drained batch)

@@ -2,12 +2,13 @@
 //!
 //! Which existing client a person is has one rule, [`client_match!`], used by
 //! the per-row path ([`find_client`], for webhooks and manual bookings) with
-//! a one-row input and by the set-based path ([`upsert_staged`], the full
+//! a one-row input and by the set-based path ([`UPDATE_STAGED`], the full
 //! refresh) with a whole run's contacts. The profile update from Kommo is
 //! likewise one statement body fed either one row or a run.
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::{
@@ -74,6 +75,28 @@ struct Profile {
     email: Option<String>,
     phone: Option<String>,
     phone_normalized: Option<String>,
+}
+
+impl Profile {
+    /// `full_name` to `phone_normalized`, in [`client_columns!`] order.
+    fn params(&self) -> [&(dyn ToSql + Sync); 6] {
+        [
+            &self.full_name,
+            &self.first_name,
+            &self.last_name,
+            &self.email,
+            &self.phone,
+            &self.phone_normalized,
+        ]
+    }
+
+    /// Every value of [`client_columns!`], in order.
+    fn with_kommo_keys<'a>(&'a self, c: &'a ClientInput) -> Vec<&'a (dyn ToSql + Sync)> {
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&c.kommo_contact_id];
+        params.extend(self.params());
+        params.push(&c.kommo_updated_at);
+        params
+    }
 }
 
 impl From<&ClientInput> for Profile {
@@ -205,7 +228,11 @@ macro_rules! staged_input {
     };
 }
 
-const UPDATE_STAGED: &str = concat!(
+/// The full refresh's clients, step one: every staged contact of the run
+/// (`$1`) matched to existing clients exactly as [`find_client`] matches one,
+/// so a client typed by staff with the contact's email or phone gets no
+/// Kommo twin.
+pub(super) const UPDATE_STAGED: &str = concat!(
     staged_input!(),
     client_match!(),
     ", ",
@@ -218,7 +245,7 @@ const UPDATE_STAGED: &str = concat!(
 
 /// After [`UPDATE_STAGED`] every matched contact's client carries its
 /// contact id, so the conflict skips it; the rest are new clients.
-const INSERT_STAGED: &str = concat!(
+pub(super) const INSERT_STAGED: &str = concat!(
     "INSERT INTO clients (",
     client_columns!(),
     ") SELECT contact_id, coalesce(full_name, ''), first_name, last_name, email, phone,
@@ -263,19 +290,7 @@ pub async fn upsert_client(
         // ON CONFLICT: a concurrent delivery for the same contact may insert
         // first; then this one updates the row it created.
         let row = tx
-            .query_opt(
-                &tx.prepare_cached(INSERT_ONE).await?,
-                &[
-                    &c.kommo_contact_id,
-                    &p.full_name,
-                    &p.first_name,
-                    &p.last_name,
-                    &p.email,
-                    &p.phone,
-                    &p.phone_normalized,
-                    &c.kommo_updated_at,
-                ],
-            )
+            .query_opt(&tx.prepare_cached(INSERT_ONE).await?, &p.with_kommo_keys(c))
             .await?;
         return match row {
             Some(row) => Ok(ClientOutcome {
@@ -287,39 +302,17 @@ pub async fn upsert_client(
             None => Box::pin(upsert_client(tx, c)).await,
         };
     };
-    let row = if c.is_from_kommo() {
-        let stmt = tx.prepare_cached(UPDATE_ONE_FROM_KOMMO).await?;
-        tx.query_opt(
-            &stmt,
-            &[
-                &id,
-                &c.kommo_contact_id,
-                &p.full_name,
-                &p.first_name,
-                &p.last_name,
-                &p.email,
-                &p.phone,
-                &p.phone_normalized,
-                &c.kommo_updated_at,
-            ],
-        )
-        .await?
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&id];
+    let sql = if c.is_from_kommo() {
+        params.extend(p.with_kommo_keys(c));
+        UPDATE_ONE_FROM_KOMMO
     } else {
-        let stmt = tx.prepare_cached(FILL_BLANKS).await?;
-        tx.query_opt(
-            &stmt,
-            &[
-                &id,
-                &p.full_name,
-                &p.first_name,
-                &p.last_name,
-                &p.email,
-                &p.phone,
-                &p.phone_normalized,
-            ],
-        )
-        .await?
+        params.extend(p.params());
+        FILL_BLANKS
     };
+    let row = tx
+        .query_opt(&tx.prepare_cached(sql).await?, &params)
+        .await?;
     let (applied, zoho_contact_id) = match row {
         Some(r) => (true, r.get(0)),
         None => (false, zoho_contact_id(tx, id).await?.flatten()),
@@ -341,18 +334,6 @@ pub async fn zoho_contact_id(
         .query_opt("SELECT zoho_contact_id FROM clients WHERE id = $1", &[&id])
         .await?
         .map(|r| r.get(0)))
-}
-
-/// The full refresh's clients: every staged contact of the run, matched to
-/// existing clients exactly as [`find_client`] matches one, so a client
-/// typed by staff with the contact's email or phone gets no Kommo twin.
-pub async fn upsert_staged(
-    tx: &tokio_postgres::Transaction<'_>,
-    run_id: Uuid,
-) -> Result<(), DbError> {
-    tx.execute(UPDATE_STAGED, &[&run_id]).await?;
-    tx.execute(INSERT_STAGED, &[&run_id]).await?;
-    Ok(())
 }
 
 /// The outbox's settle: Zoho contact ids of clients Zoho accepted.

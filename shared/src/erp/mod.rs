@@ -2,15 +2,54 @@
 //!
 //! Every write to them lives here, whoever makes it: webhook ingest and
 //! manual bookings write one row at a time, the full refresh's swap writes
-//! one run's staging rows at once, and the outbox's settle writes back Zoho
-//! ids. Each table's per-row and set-based statements sit side by side in its
+//! one run's staging rows at once ([`snapshot`]), and the outbox's settle and
+//! lease rescue write back Zoho outcomes. Each table's per-row and set-based statements sit side by side in its
 //! module and share their column lists, so the two paths cannot drift apart
 //! again (they once matched clients by different rules).
+
+use deadpool_postgres::Transaction;
+use tokio_postgres::types::ToSql;
+
+use crate::platform::db::DbError;
+
+/// Rows of `$alias` from before a run (`$1`, started at `$2`), except those
+/// changed in Kommo after the snapshot began: a webhook applied them while
+/// the run was fetching, and the snapshot must not roll them back. `$key`
+/// ties a row to its staged lead `s`.
+macro_rules! before_run {
+    ($alias:literal, $key:literal) => {
+        concat!(
+            "(",
+            $alias,
+            ".kommo_updated_at IS NULL OR ",
+            $alias,
+            ".kommo_updated_at < $2)
+             AND NOT EXISTS (SELECT 1 FROM stg_kommo_leads s
+                              WHERE s.run_id = $1 AND ",
+            $key,
+            "
+                                AND ",
+            $alias,
+            ".kommo_updated_at > s.updated_at)"
+        )
+    };
+}
 
 pub mod bookings;
 pub mod clients;
 pub mod sales_leads;
+pub mod snapshot;
 pub mod vehicles;
 
 pub use bookings::{ClientRef, NewBooking};
 pub use clients::{ClientInput, ClientOutcome, MatchedBy};
+
+/// Runs one per-row statement through the connection's statement cache;
+/// returns the rows changed.
+async fn execute_cached(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, DbError> {
+    Ok(tx.execute(&tx.prepare_cached(sql).await?, params).await?)
+}

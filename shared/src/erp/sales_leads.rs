@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
+use super::execute_cached;
 use crate::{kommo::MappedLead, platform::db::DbError};
 
 /// The columns a Kommo lead writes, per row and per run.
@@ -19,16 +20,12 @@ macro_rules! lead_columns {
 /// client link differs (a webhook without a contact keeps the stored one).
 macro_rules! lead_snapshot_set {
     () => {
-        "kommo_lead_id = EXCLUDED.kommo_lead_id,
-         name = EXCLUDED.name,
-         stage_id = EXCLUDED.stage_id,
-         pipeline_id = EXCLUDED.pipeline_id,
-         value_amount = EXCLUDED.value_amount,
-         owner_id = EXCLUDED.owner_id,
-         expected_close_at = EXCLUDED.expected_close_at,
-         lead_source = EXCLUDED.lead_source,
+        "(kommo_lead_id, name, stage_id, pipeline_id, value_amount, owner_id,
+          expected_close_at, lead_source, kommo_updated_at)
+       = (EXCLUDED.kommo_lead_id, EXCLUDED.name, EXCLUDED.stage_id, EXCLUDED.pipeline_id,
+          EXCLUDED.value_amount, EXCLUDED.owner_id, EXCLUDED.expected_close_at,
+          EXCLUDED.lead_source, EXCLUDED.kommo_updated_at),
          archived_at = NULL,
-         kommo_updated_at = EXCLUDED.kommo_updated_at,
          updated_at = now()"
     };
 }
@@ -54,18 +51,16 @@ pub async fn upsert_from_lead(
     lead: &MappedLead,
     client_id: Option<Uuid>,
 ) -> Result<(), DbError> {
-    let stmt = tx
-        .prepare_cached(concat!(
+    execute_cached(
+        tx,
+        concat!(
             "INSERT INTO sales_leads (",
             lead_columns!(),
             ") VALUES ($1, $2, $3, $4, $5, $6, $7::bigint::numeric, $8, $9, 'Kommo', $10, NULL, $11)
              ON CONFLICT (lead_code) DO UPDATE SET ",
             lead_snapshot_set!(),
             ", client_id = coalesce(EXCLUDED.client_id, sales_leads.client_id)"
-        ))
-        .await?;
-    tx.execute(
-        &stmt,
+        ),
         &[
             &lead.lead_code(),
             &lead.lead_id,
@@ -86,62 +81,36 @@ pub async fn upsert_from_lead(
 
 /// A lead deleted in Kommo: its snapshot is archived. Returns the rows changed.
 pub async fn archive_deleted_lead(tx: &Transaction<'_>, lead_id: i64) -> Result<u64, DbError> {
-    Ok(tx
-        .execute(
-            &tx.prepare_cached(
-                "UPDATE sales_leads SET archived_at = now(), updated_at = now()
-              WHERE kommo_lead_id = $1 AND archived_at IS NULL",
-            )
-            .await?,
-            &[&lead_id],
-        )
-        .await?)
+    execute_cached(
+        tx,
+        "UPDATE sales_leads SET archived_at = now(), updated_at = now()
+          WHERE kommo_lead_id = $1 AND archived_at IS NULL",
+        &[&lead_id],
+    )
+    .await
 }
 
-/// Archives the Kommo leads of before the run, except rows changed in Kommo
-/// after the snapshot began.
-pub async fn archive_stale(
-    tx: &tokio_postgres::Transaction<'_>,
-    run_id: Uuid,
-    started_at: DateTime<Utc>,
-) -> Result<(), DbError> {
-    tx.execute(
-        "UPDATE sales_leads l SET archived_at = now(), updated_at = now()
-          WHERE l.source = 'Kommo' AND l.archived_at IS NULL
-            AND (l.kommo_updated_at IS NULL OR l.kommo_updated_at < $2)
-            AND NOT EXISTS (SELECT 1 FROM stg_kommo_leads s
-                             WHERE s.run_id = $1 AND l.kommo_lead_id = s.lead_id
-                               AND l.kommo_updated_at > s.updated_at)",
-        &[&run_id, &started_at],
-    )
-    .await?;
-    Ok(())
-}
+/// Archives the Kommo leads of before the run (`$1`, started at `$2`).
+pub(super) const ARCHIVE_STALE: &str = concat!(
+    "UPDATE sales_leads l SET archived_at = now(), updated_at = now()
+      WHERE l.source = 'Kommo' AND l.archived_at IS NULL AND ",
+    before_run!("l", "l.kommo_lead_id = s.lead_id")
+);
 
-/// Every staged lead of the run; clients are written first.
-pub async fn upsert_staged(
-    tx: &tokio_postgres::Transaction<'_>,
-    run_id: Uuid,
-) -> Result<(), DbError> {
-    tx.execute(
-        concat!(
-            "INSERT INTO sales_leads (",
-            lead_columns!(),
-            ", created_at, updated_at)
-         SELECT s.lead_id::text, s.lead_id, c.id, s.name, s.status_id, s.pipeline_id,
-                s.price, s.owner_id, coalesce(s.closed_at, s.end_at), 'Kommo', s.lead_source,
-                NULL, s.updated_at, coalesce(s.created_at, now()), now()
-           FROM stg_kommo_leads s
-           LEFT JOIN clients c ON c.kommo_contact_id = s.contact_id
-          WHERE s.run_id = $1
-         ON CONFLICT (lead_code) DO UPDATE SET ",
-            lead_snapshot_set!(),
-            ", client_id = EXCLUDED.client_id, source = 'Kommo'
-          WHERE sales_leads.kommo_updated_at IS NULL
-             OR sales_leads.kommo_updated_at <= EXCLUDED.kommo_updated_at"
-        ),
-        &[&run_id],
-    )
-    .await?;
-    Ok(())
-}
+/// Every staged lead of the run (`$1`); clients are written first.
+pub(super) const UPSERT_STAGED: &str = concat!(
+    "INSERT INTO sales_leads (",
+    lead_columns!(),
+    ", created_at, updated_at)
+     SELECT s.lead_id::text, s.lead_id, c.id, s.name, s.status_id, s.pipeline_id,
+            s.price, s.owner_id, coalesce(s.closed_at, s.end_at), 'Kommo', s.lead_source,
+            NULL, s.updated_at, coalesce(s.created_at, now()), now()
+       FROM stg_kommo_leads s
+       LEFT JOIN clients c ON c.kommo_contact_id = s.contact_id
+      WHERE s.run_id = $1
+     ON CONFLICT (lead_code) DO UPDATE SET ",
+    lead_snapshot_set!(),
+    ", client_id = EXCLUDED.client_id, source = 'Kommo'
+      WHERE sales_leads.kommo_updated_at IS NULL
+         OR sales_leads.kommo_updated_at <= EXCLUDED.kommo_updated_at"
+);

@@ -6,6 +6,13 @@ use uuid::Uuid;
 
 use crate::platform::db::DbError;
 
+/// The start of both inserts: a vehicle is keyed by its Kommo enum option.
+macro_rules! insert_kommo_vehicle {
+    () => {
+        "INSERT INTO vehicles (kommo_vehicle_id, name) "
+    };
+}
+
 /// The vehicle of a lead's enum option, created on first sight. A non-empty
 /// name from Kommo renames it.
 pub async fn upsert_kommo(
@@ -15,14 +22,15 @@ pub async fn upsert_kommo(
 ) -> Result<Uuid, DbError> {
     Ok(tx
         .query_one(
-            &tx.prepare_cached(
-                "INSERT INTO vehicles (kommo_vehicle_id, name) VALUES ($1, $2)
+            &tx.prepare_cached(concat!(
+                insert_kommo_vehicle!(),
+                "VALUES ($1, $2)
                  ON CONFLICT (kommo_vehicle_id) DO UPDATE
                     SET name = CASE WHEN EXCLUDED.name = '' THEN vehicles.name ELSE EXCLUDED.name END,
                         updated_at = CASE WHEN vehicles.name = EXCLUDED.name OR EXCLUDED.name = ''
                                           THEN vehicles.updated_at ELSE now() END
-                 RETURNING id",
-            )
+                 RETURNING id"
+            ))
             .await?,
             &[&kommo_vehicle_id, &name],
         )
@@ -41,21 +49,13 @@ pub async fn is_active(
         .map(|r| r.get(0)))
 }
 
-/// The run's vehicles that do not exist yet, so bookings can point at them.
-/// A full refresh does not rename existing vehicles.
-pub async fn insert_staged(
-    tx: &tokio_postgres::Transaction<'_>,
-    run_id: Uuid,
-) -> Result<(), DbError> {
-    tx.execute(
-        "INSERT INTO vehicles (kommo_vehicle_id, name)
-         SELECT DISTINCT ON (vehicle_enum_id) vehicle_enum_id,
-                coalesce(nullif(vehicle_name, ''), 'Kommo vehicle ' || vehicle_enum_id)
-           FROM stg_kommo_booking_vehicles WHERE run_id = $1
-          ORDER BY vehicle_enum_id, vehicle_name NULLS LAST
-         ON CONFLICT (kommo_vehicle_id) DO NOTHING",
-        &[&run_id],
-    )
-    .await?;
-    Ok(())
-}
+/// The run's (`$1`) vehicles that do not exist yet, so bookings can point
+/// at them. A full refresh does not rename existing vehicles.
+pub(super) const INSERT_STAGED: &str = concat!(
+    insert_kommo_vehicle!(),
+    "SELECT DISTINCT ON (vehicle_enum_id) vehicle_enum_id,
+            coalesce(nullif(vehicle_name, ''), 'Kommo vehicle ' || vehicle_enum_id)
+       FROM stg_kommo_booking_vehicles WHERE run_id = $1
+      ORDER BY vehicle_enum_id, vehicle_name NULLS LAST
+     ON CONFLICT (kommo_vehicle_id) DO NOTHING"
+);

@@ -134,18 +134,12 @@ impl Pipeline {
     }
 
     async fn fetch_for(&self, pending: &[Pending]) -> Result<Fetched, FetchError> {
-        let mut lead_ids: Vec<i64> = pending
-            .iter()
-            .flat_map(|p| lead_ids_to_fetch(&p.delivery))
-            .collect();
-        lead_ids.sort_unstable();
-        lead_ids.dedup();
-        let mut contact_ids: Vec<i64> = pending
-            .iter()
-            .flat_map(|p| contact_ids_to_fetch(&p.delivery))
-            .collect();
-        contact_ids.sort_unstable();
-        contact_ids.dedup();
+        let lead_ids = distinct(pending.iter().flat_map(|p| lead_ids_to_fetch(&p.delivery)));
+        let contact_ids = distinct(
+            pending
+                .iter()
+                .flat_map(|p| contact_ids_to_fetch(&p.delivery)),
+        );
         if lead_ids.is_empty() && contact_ids.is_empty() {
             return Ok(Fetched::default());
         }
@@ -274,4 +268,12 @@ fn emit(report: &BatchReport, started: Instant) {
     );
     m.flush();
     tracing::info!(?report, "processor: batch done");
+}
+
+/// Each id once, in ascending order.
+fn distinct(ids: impl Iterator<Item = i64>) -> Vec<i64> {
+    let mut ids: Vec<i64> = ids.collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }

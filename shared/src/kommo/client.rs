@@ -17,6 +17,7 @@ use super::model::{AccountTimezone, Contact, EntityError, Lead};
 use crate::{
     platform::config::Config,
     platform::secrets::{KommoSecret, Redacted},
+    platform::text::truncate,
 };
 
 /// Kommo returns at most 250 entities per page.
@@ -227,30 +228,9 @@ impl KommoClient {
 
     /// Current leads by id, with contacts and catalog elements; unknown ids are simply absent.
     pub async fn leads_by_ids(&self, ids: &[i64]) -> Result<Vec<Lead>, KommoError> {
-        let ids = dedupe(ids);
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(self.opts.ids_per_request) {
-            let mut query = vec![
-                ("with".to_string(), "contacts,catalog_elements".to_string()),
-                ("limit".to_string(), MAX_PAGE_LIMIT.to_string()),
-            ];
-            query.extend(
-                chunk
-                    .iter()
-                    .map(|id| ("filter[id][]".to_string(), id.to_string())),
-            );
-            if let Body::Json(v) = self.get("/api/v4/leads", &query).await? {
-                for item in embedded(v, "leads") {
-                    match Lead::from_value(item) {
-                        Ok(l) => out.push(l),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "skipping a malformed Kommo lead");
-                        }
-                    }
-                }
-            }
-        }
-        Ok(out)
+        let with = [("with", "contacts,catalog_elements")];
+        self.by_ids("/api/v4/leads", "leads", &with, ids, Lead::from_value)
+            .await
     }
 
     /// One page of leads created in `created_from ..= created_to` (Unix
@@ -305,20 +285,46 @@ impl KommoClient {
 
     /// Contacts by id; unknown ids are simply absent.
     pub async fn contacts_by_ids(&self, ids: &[i64]) -> Result<Vec<Contact>, KommoError> {
+        self.by_ids(
+            "/api/v4/contacts",
+            "contacts",
+            &[],
+            ids,
+            Contact::from_value,
+        )
+        .await
+    }
+
+    /// Entities of one kind by id, `ids_per_request` at a time; a malformed
+    /// one is logged and skipped.
+    async fn by_ids<T>(
+        &self,
+        path: &str,
+        kind: &str,
+        params: &[(&str, &str)],
+        ids: &[i64],
+        parse: fn(Value) -> Result<T, EntityError>,
+    ) -> Result<Vec<T>, KommoError> {
         let ids = dedupe(ids);
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(self.opts.ids_per_request) {
-            let mut query = vec![("limit".to_string(), MAX_PAGE_LIMIT.to_string())];
+            let mut query: Vec<(String, String)> = params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            query.push(("limit".to_string(), MAX_PAGE_LIMIT.to_string()));
             query.extend(
                 chunk
                     .iter()
                     .map(|id| ("filter[id][]".to_string(), id.to_string())),
             );
-            if let Body::Json(v) = self.get("/api/v4/contacts", &query).await? {
-                for item in embedded(v, "contacts") {
-                    match Contact::from_value(item) {
-                        Ok(c) => out.push(c),
-                        Err(e) => tracing::warn!(error = %e, "skipping a malformed Kommo contact"),
+            if let Body::Json(v) = self.get(path, &query).await? {
+                for item in embedded(v, kind) {
+                    match parse(item) {
+                        Ok(entity) => out.push(entity),
+                        Err(e) => {
+                            tracing::warn!(error = %e, kind, "skipping a malformed Kommo entity")
+                        }
                     }
                 }
             }
@@ -357,7 +363,7 @@ impl KommoClient {
             None => Err(KommoError::Decode {
                 status: 200,
                 problem: "no datetime_settings.timezone in the account".to_string(),
-                excerpt: excerpt(&v.to_string()),
+                excerpt: truncate(&v.to_string(), EXCERPT_CHARS),
             }),
         }
     }
@@ -391,6 +397,7 @@ impl KommoClient {
         }
     }
 
+    /// One rate-limited GET, read to the end.
     async fn get_once(
         &self,
         url: &str,
@@ -408,16 +415,15 @@ impl KommoClient {
             .await
             .map_err(|e| KommoError::Transport(e.without_url().to_string()))?;
         let status = resp.status();
-        let request_id = resp
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let content_type = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
+        let header_text = |name: header::HeaderName| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let request_id = header_text(header::HeaderName::from_static("x-request-id"));
+        let content_type = header_text(header::CONTENT_TYPE)
+            .unwrap_or_default()
             .to_ascii_lowercase();
         let bytes = resp
             .bytes()
@@ -430,54 +436,87 @@ impl KommoClient {
             bytes = bytes.len(),
             "Kommo answered"
         );
+        Answer {
+            status,
+            request_id,
+            content_type,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+        .read(path)
+    }
+}
 
-        if status == StatusCode::NO_CONTENT {
-            return Ok(Body::Empty);
+/// A Kommo answer as read off the wire.
+struct Answer {
+    status: StatusCode,
+    request_id: Option<String>,
+    content_type: String,
+    text: String,
+}
+
+impl Answer {
+    fn read(self, path: &str) -> Result<Body, KommoError> {
+        if self.status.is_success() {
+            return self.body();
         }
-        let text = String::from_utf8_lossy(&bytes);
-        if status.is_success() {
-            if text.trim().is_empty() {
-                return Ok(Body::Empty);
-            }
-            return serde_json::from_str(&text)
-                .map(Body::Json)
-                .map_err(|e| KommoError::Decode {
-                    status: status.as_u16(),
-                    problem: format!("not JSON: {e}"),
-                    excerpt: excerpt(&text),
-                });
-        }
-        let problem = serde_json::from_str::<Problem>(&text).ok().map(Box::new);
-        let code = status.as_u16();
-        let err = match code {
-            401 => KommoError::Unauthorized {
-                detail: problem
-                    .as_deref()
-                    .map(Problem::summary)
-                    .unwrap_or_else(|| excerpt(&text)),
-            },
-            403 if content_type.contains("html") || text.trim_start().starts_with('<') => {
-                KommoError::IpBlocked {
-                    excerpt: excerpt(&text),
-                }
-            }
-            429 => KommoError::RateLimited {
-                attempts: 1,
-                excerpt: excerpt(&text),
-            },
-            _ => KommoError::Api {
-                status: code,
-                problem,
-                excerpt: excerpt(&text),
-            },
-        };
+        let err = self.error();
         if matches!(
             err,
             KommoError::IpBlocked { .. } | KommoError::Unauthorized { .. }
         ) {
-            tracing::error!(path, status = code, request_id, error = %err, "Kommo refused the request");
+            tracing::error!(path, status = self.status.as_u16(), request_id = self.request_id, error = %err, "Kommo refused the request");
         }
         Err(err)
+    }
+
+    /// The body of a successful answer: JSON, or nothing.
+    fn body(&self) -> Result<Body, KommoError> {
+        if self.status == StatusCode::NO_CONTENT || self.text.trim().is_empty() {
+            return Ok(Body::Empty);
+        }
+        serde_json::from_str(&self.text)
+            .map(Body::Json)
+            .map_err(|e| KommoError::Decode {
+                status: self.status.as_u16(),
+                problem: format!("not JSON: {e}"),
+                excerpt: self.excerpt(),
+            })
+    }
+
+    /// The error a failed answer means.
+    fn error(&self) -> KommoError {
+        let problem = serde_json::from_str::<Problem>(&self.text)
+            .ok()
+            .map(Box::new);
+        let code = self.status.as_u16();
+        match code {
+            401 => KommoError::Unauthorized {
+                detail: problem
+                    .as_deref()
+                    .map(Problem::summary)
+                    .unwrap_or_else(|| self.excerpt()),
+            },
+            403 if self.content_type.contains("html")
+                || self.text.trim_start().starts_with('<') =>
+            {
+                KommoError::IpBlocked {
+                    excerpt: self.excerpt(),
+                }
+            }
+            429 => KommoError::RateLimited {
+                attempts: 1,
+                excerpt: self.excerpt(),
+            },
+            _ => KommoError::Api {
+                status: code,
+                problem,
+                excerpt: self.excerpt(),
+            },
+        }
+    }
+
+    fn excerpt(&self) -> String {
+        truncate(self.text.trim(), EXCERPT_CHARS)
     }
 }
 
@@ -496,13 +535,4 @@ fn embedded(mut v: Value, key: &str) -> Vec<Value> {
         Some(Value::Array(items)) => items,
         _ => Vec::new(),
     }
-}
-
-fn excerpt(text: &str) -> String {
-    let t = text.trim();
-    let mut s: String = t.chars().take(EXCERPT_CHARS).collect();
-    if t.chars().count() > EXCERPT_CHARS {
-        s.push('…');
-    }
-    s
 }

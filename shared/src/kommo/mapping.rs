@@ -11,6 +11,7 @@ use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use uuid::Uuid;
 
 use super::model::{Contact, CustomFieldValue, FieldValue, Lead};
+use crate::platform::text::non_empty;
 
 /// Kommo's "Closed - lost": outside the import even if the status table forgets it.
 pub const STATUS_LOST: i64 = 143;
@@ -228,11 +229,6 @@ fn ts(secs: i64) -> Option<DateTime<Utc>> {
     Utc.timestamp_opt(secs, 0).single()
 }
 
-fn nonempty(s: &str) -> Option<String> {
-    let t = s.trim();
-    (!t.is_empty()).then(|| t.to_string())
-}
-
 /// A date/time custom field as an instant. The API gives Unix seconds;
 /// digit strings, millisecond stamps, RFC 3339 and `YYYY-MM-DD HH:MM:SS`
 /// (read as UTC) are accepted too. Zero and negative stamps mean "unset".
@@ -278,7 +274,7 @@ fn enum_choice(field: Option<&CustomFieldValue>) -> (Option<i64>, Option<String>
     let Some(v) = field.and_then(|f| f.values.first()) else {
         return (None, None);
     };
-    (v.enum_id, v.as_text().as_deref().and_then(nonempty))
+    (v.enum_id, non_empty(v.as_text().as_deref()))
 }
 
 /// Maps a v4 lead. Fails only when the lead's own timestamps are unusable.
@@ -322,7 +318,7 @@ pub fn map_lead(lead: &Lead, cfg: &MappingConfig) -> Result<MappedLead, MappingE
         lead_id: lead.id,
         kommo_updated_at,
         created_at,
-        name: nonempty(&lead.name),
+        name: non_empty(Some(&lead.name)),
         price: lead.price,
         pipeline_id: lead.pipeline_id,
         status_id: lead.status_id,
@@ -373,9 +369,9 @@ pub fn map_contact(contact: &Contact) -> Result<MappedContact, MappingError> {
             problem: format!("updated_at {u} is out of range"),
         })?),
     };
-    let first_name = nonempty(&contact.first_name);
-    let last_name = nonempty(&contact.last_name);
-    let full_name = nonempty(&contact.name).unwrap_or_else(|| {
+    let first_name = non_empty(Some(&contact.first_name));
+    let last_name = non_empty(Some(&contact.last_name));
+    let full_name = non_empty(Some(&contact.name)).unwrap_or_else(|| {
         [first_name.as_deref(), last_name.as_deref()]
             .into_iter()
             .flatten()

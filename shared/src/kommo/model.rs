@@ -8,8 +8,10 @@
 //! or unusable `id` (or status/pipeline/timestamps on a lead) makes an entity
 //! invalid.
 
-use serde::{de, Deserialize, Deserializer, Serialize};
+use serde::{de, de::DeserializeOwned, Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+
+use crate::platform::text::non_empty;
 
 /// Why one entity of a response could not be used.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -138,21 +140,30 @@ pub struct Lead {
     pub raw: Value,
 }
 
+/// Parses one entity from the API's JSON and keeps the JSON in the field
+/// `raw` points at; a bad entity names its id when it has one.
+fn parse_keeping_raw<T: DeserializeOwned>(
+    v: Value,
+    entity: &'static str,
+    raw: fn(&mut T) -> &mut Value,
+) -> Result<T, EntityError> {
+    match T::deserialize(&v) {
+        Ok(mut parsed) => {
+            *raw(&mut parsed) = v;
+            Ok(parsed)
+        }
+        Err(e) => Err(EntityError {
+            entity,
+            id: v.get("id").and_then(value_as_i64),
+            problem: e.to_string(),
+        }),
+    }
+}
+
 impl Lead {
     /// Parses one lead from the API's JSON, keeping the raw value.
     pub fn from_value(v: Value) -> Result<Lead, EntityError> {
-        let id = v.get("id").and_then(value_as_i64);
-        match Lead::deserialize(&v) {
-            Ok(mut lead) => {
-                lead.raw = v;
-                Ok(lead)
-            }
-            Err(e) => Err(EntityError {
-                entity: "lead",
-                id,
-                problem: e.to_string(),
-            }),
-        }
+        parse_keeping_raw(v, "lead", |l: &mut Lead| &mut l.raw)
     }
 
     pub fn field(&self, field_id: i64) -> Option<&CustomFieldValue> {
@@ -199,18 +210,7 @@ pub struct Contact {
 
 impl Contact {
     pub fn from_value(v: Value) -> Result<Contact, EntityError> {
-        let id = v.get("id").and_then(value_as_i64);
-        match Contact::deserialize(&v) {
-            Ok(mut c) => {
-                c.raw = v;
-                Ok(c)
-            }
-            Err(e) => Err(EntityError {
-                entity: "contact",
-                id,
-                problem: e.to_string(),
-            }),
-        }
+        parse_keeping_raw(v, "contact", |c: &mut Contact| &mut c.raw)
     }
 
     /// Non-empty values of the system field with this code (`PHONE`, `EMAIL`), in order.
@@ -223,9 +223,7 @@ impl Contact {
                     .is_some_and(|c| c.eq_ignore_ascii_case(code))
             })
             .flat_map(|f| f.values.iter())
-            .filter_map(|v| v.as_text())
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
+            .filter_map(|v| non_empty(v.as_text().as_deref()))
             .collect()
     }
 

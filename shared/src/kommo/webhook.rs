@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::platform::text::{non_empty, truncate};
+
 /// Nesting deeper than this is not something Kommo sends (`leads[note][0][note][x]` is 4).
 pub const MAX_DEPTH: usize = 8;
 
@@ -68,16 +70,6 @@ impl FormValue {
     }
 }
 
-fn clip(key: &str) -> String {
-    if key.chars().count() <= MAX_KEY_IN_ERROR {
-        key.to_string()
-    } else {
-        let mut s: String = key.chars().take(MAX_KEY_IN_ERROR).collect();
-        s.push('…');
-        s
-    }
-}
-
 /// Decodes one `application/x-www-form-urlencoded` component (`+` is a space).
 fn decode_component(raw: &[u8], pair: usize) -> Result<String, ParseError> {
     let plus_as_space: Vec<u8> = raw
@@ -91,7 +83,9 @@ fn decode_component(raw: &[u8], pair: usize) -> Result<String, ParseError> {
 /// Splits `leads[status][0][id]` into `["leads", "status", "0", "id"]`.
 /// An empty segment (`a[]`) means "append", as in PHP.
 fn split_key(key: &str) -> Result<Vec<String>, ParseError> {
-    let bad = || ParseError::BadKey { key: clip(key) };
+    let bad = || ParseError::BadKey {
+        key: truncate(key, MAX_KEY_IN_ERROR),
+    };
     let (base, mut rest) = match key.find('[') {
         Some(i) => (&key[..i], &key[i..]),
         None => (key, ""),
@@ -110,7 +104,9 @@ fn split_key(key: &str) -> Result<Vec<String>, ParseError> {
         parts.push(seg.to_string());
         rest = &inner[close + 1..];
         if parts.len() > MAX_DEPTH {
-            return Err(ParseError::TooDeep { key: clip(key) });
+            return Err(ParseError::TooDeep {
+                key: truncate(key, MAX_KEY_IN_ERROR),
+            });
         }
     }
     Ok(parts)
@@ -131,7 +127,9 @@ fn insert(
     value: String,
     key: &str,
 ) -> Result<(), ParseError> {
-    let conflict = || ParseError::Conflict { key: clip(key) };
+    let conflict = || ParseError::Conflict {
+        key: truncate(key, MAX_KEY_IN_ERROR),
+    };
     let mut group = root;
     for (i, part) in parts.iter().enumerate() {
         let seg = if part.is_empty() {
@@ -360,9 +358,9 @@ pub fn parse_delivery(body: &[u8]) -> Result<Delivery, ParseError> {
             }
             other => {
                 known |= KNOWN_UNHANDLED.contains(&other);
-                tracing::info!(key = %clip(other), "webhook: ignoring an entity this integration does not handle");
+                tracing::info!(key = %truncate(other, MAX_KEY_IN_ERROR), "webhook: ignoring an entity this integration does not handle");
                 delivery.ignored.push(Ignored {
-                    path: clip(other),
+                    path: truncate(other, MAX_KEY_IN_ERROR),
                     reason: "entity not handled".into(),
                 });
             }
@@ -378,8 +376,9 @@ fn group<'a>(
     node: &'a FormValue,
     path: &str,
 ) -> Result<&'a BTreeMap<String, FormValue>, ParseError> {
-    node.as_group()
-        .ok_or_else(|| ParseError::NotAGroup { path: clip(path) })
+    node.as_group().ok_or_else(|| ParseError::NotAGroup {
+        path: truncate(path, MAX_KEY_IN_ERROR),
+    })
 }
 
 /// Children of a group in list order: numeric keys by number, then the rest.
@@ -390,11 +389,7 @@ fn ordered(g: &BTreeMap<String, FormValue>) -> Vec<(&String, &FormValue)> {
 }
 
 fn opt_text(g: &BTreeMap<String, FormValue>, key: &str) -> Option<String> {
-    g.get(key)
-        .and_then(FormValue::as_text)
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
+    non_empty(g.get(key).and_then(FormValue::as_text))
 }
 
 fn opt_int(
@@ -408,7 +403,7 @@ fn opt_int(
             .parse::<i64>()
             .map(Some)
             .map_err(|_| ParseError::NotANumber {
-                path: clip(&format!("{path}[{key}]")),
+                path: truncate(&format!("{path}[{key}]"), MAX_KEY_IN_ERROR),
             }),
     }
 }
@@ -435,9 +430,9 @@ fn parse_entity_block(
     for (action_key, items) in group(node, top)? {
         let path = format!("{top}[{action_key}]");
         let Some(action) = Action::from_key(action_key) else {
-            tracing::info!(path = %clip(&path), "webhook: ignoring an unknown action");
+            tracing::info!(path = %truncate(&path, MAX_KEY_IN_ERROR), "webhook: ignoring an unknown action");
             delivery.ignored.push(Ignored {
-                path: clip(&path),
+                path: truncate(&path, MAX_KEY_IN_ERROR),
                 reason: "action not handled".into(),
             });
             continue;
@@ -449,10 +444,13 @@ fn parse_entity_block(
                 (Entity::Contact, None | Some("contact")) => Entity::Contact,
                 (Entity::Contact, Some("company")) => Entity::Company,
                 (Entity::Contact, Some(other)) => {
-                    tracing::info!(path = %clip(&item_path), kind = %clip(other), "webhook: ignoring a contact of unknown type");
+                    tracing::info!(path = %truncate(&item_path, MAX_KEY_IN_ERROR), kind = %truncate(other, MAX_KEY_IN_ERROR), "webhook: ignoring a contact of unknown type");
                     delivery.ignored.push(Ignored {
-                        path: clip(&item_path),
-                        reason: format!("unknown contact type `{}`", clip(other)),
+                        path: truncate(&item_path, MAX_KEY_IN_ERROR),
+                        reason: format!(
+                            "unknown contact type `{}`",
+                            truncate(other, MAX_KEY_IN_ERROR)
+                        ),
                     });
                     continue;
                 }
@@ -554,7 +552,7 @@ fn parse_item(
 
 fn required_int(g: &BTreeMap<String, FormValue>, key: &str, path: &str) -> Result<i64, ParseError> {
     opt_int(g, key, path)?.ok_or_else(|| ParseError::Missing {
-        path: clip(&format!("{path}[{key}]")),
+        path: truncate(&format!("{path}[{key}]"), MAX_KEY_IN_ERROR),
     })
 }
 
@@ -631,7 +629,7 @@ fn parse_linked_ids(node: &FormValue, path: &str) -> Result<Vec<i64>, ParseError
             },
         };
         let id = raw.parse::<i64>().map_err(|_| ParseError::NotANumber {
-            path: clip(&item_path),
+            path: truncate(&item_path, MAX_KEY_IN_ERROR),
         })?;
         ids.push(id);
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::OutboxError;
+use super::{OutboxError, ENTITY_BOOKING, EVENT_SALES_ORDER_CREATE};
 use crate::erp;
 
 /// A row claimed by a drain; `attempts` already counts this attempt.
@@ -82,48 +82,46 @@ pub async fn claim(
 }
 
 /// Rows left in `processing` past their lease (the drain died): back to
-/// `pending`, or `failed` when they had used their last attempt. Returns
-/// (requeued, failed).
+/// `pending`, or `failed` when they had used their last attempt; a booking
+/// whose sales order so failed is marked failed in the same transaction.
+/// Returns (requeued, failed).
 pub async fn rescue_expired(
-    client: &tokio_postgres::Client,
+    client: &mut tokio_postgres::Client,
     max_attempts: i32,
 ) -> Result<(u64, u64), OutboxError> {
-    let rows = client
+    let tx = client.transaction().await?;
+    let rows = tx
         .query(
-            "WITH expired AS (
-                 UPDATE integrations_outbox
-                    SET status = CASE WHEN attempts >= $1 THEN 'failed' ELSE 'pending' END,
-                        last_error = CASE WHEN attempts >= $1
-                                          THEN 'lease expired on the last attempt'
-                                          ELSE coalesce(last_error, 'lease expired; reclaimed') END,
-                        next_run_at = now(),
-                        locked_until = NULL,
-                        locked_by = NULL,
-                        updated_at = now()
-                  WHERE status = 'processing' AND locked_until < now()
-              RETURNING id, status, entity_type, entity_id, event_type
-             ),
-             failed_bookings AS (
-                 UPDATE bookings b
-                    SET zoho_sync_status = 'failed', updated_at = now()
-                   FROM expired e
-                  WHERE e.status = 'failed' AND e.event_type = 'sales_order.create'
-                    AND e.entity_type = 'booking' AND b.id = e.entity_id
-                    AND b.zoho_sync_status <> 'synced'
-             )
-             SELECT status, count(*) FROM expired GROUP BY status",
+            "UPDATE integrations_outbox
+                SET status = CASE WHEN attempts >= $1 THEN 'failed' ELSE 'pending' END,
+                    last_error = CASE WHEN attempts >= $1
+                                      THEN 'lease expired on the last attempt'
+                                      ELSE coalesce(last_error, 'lease expired; reclaimed') END,
+                    next_run_at = now(),
+                    locked_until = NULL,
+                    locked_by = NULL,
+                    updated_at = now()
+              WHERE status = 'processing' AND locked_until < now()
+          RETURNING status, entity_type, entity_id, event_type",
             &[&max_attempts],
         )
         .await?;
     let (mut requeued, mut failed) = (0u64, 0u64);
+    let mut failed_bookings = Vec::new();
     for r in rows {
-        let status: String = r.try_get(0)?;
-        let n: i64 = r.try_get(1)?;
-        match status.as_str() {
-            "failed" => failed += n as u64,
-            _ => requeued += n as u64,
+        if r.try_get::<_, &str>(0)? != "failed" {
+            requeued += 1;
+            continue;
+        }
+        failed += 1;
+        if r.try_get::<_, &str>(1)? == ENTITY_BOOKING
+            && r.try_get::<_, &str>(3)? == EVENT_SALES_ORDER_CREATE
+        {
+            failed_bookings.push(r.try_get::<_, Uuid>(2)?);
         }
     }
+    erp::bookings::mark_sync_failed(&tx, &failed_bookings).await?;
+    tx.commit().await?;
     if requeued + failed > 0 {
         tracing::warn!(
             requeued,
@@ -177,101 +175,91 @@ pub(crate) async fn settle(
     owner: &str,
     settlements: &[Settlement],
 ) -> Result<Vec<Uuid>, OutboxError> {
-    let (mut ok_ids, mut ok_resp) = (Vec::new(), Vec::new());
-    let (mut retry_ids, mut retry_err, mut retry_delay) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut fail_ids, mut fail_err) = (Vec::new(), Vec::new());
-    let (mut back_ids, mut back_reason, mut back_delay) = (Vec::new(), Vec::new(), Vec::new());
-    for s in settlements {
-        match &s.outcome {
-            Outcome::Succeeded { response } => {
-                ok_ids.push(s.id);
-                ok_resp.push(response.clone());
-            }
-            Outcome::Retry { error, delay } => {
-                retry_ids.push(s.id);
-                retry_err.push(error.clone());
-                retry_delay.push(delay.as_secs_f64());
-            }
-            Outcome::Failed { error } => {
-                fail_ids.push(s.id);
-                fail_err.push(error.clone());
-            }
-            Outcome::Uncharged { reason, delay } => {
-                back_ids.push(s.id);
-                back_reason.push(reason.clone());
-                back_delay.push(delay.as_secs_f64());
-            }
-        }
-    }
-
     let tx = client.transaction().await?;
-    let mut owned: Vec<Uuid> = Vec::with_capacity(settlements.len());
-    let mut collect = |rows: Vec<tokio_postgres::Row>| -> Result<(), OutboxError> {
-        for r in rows {
-            owned.push(r.try_get(0)?);
-        }
-        Ok(())
-    };
-    if !ok_ids.is_empty() {
-        collect(
-            tx.query(
-                "UPDATE integrations_outbox o
-                    SET status = 'succeeded', last_error = NULL, last_response = u.resp,
-                        locked_until = NULL, locked_by = NULL, updated_at = now()
-                   FROM unnest($1::uuid[], $2::jsonb[]) AS u(id, resp)
-                  WHERE o.id = u.id AND o.status = 'processing' AND o.locked_by = $3
-              RETURNING o.id",
-                &[&ok_ids, &ok_resp, &owner],
-            )
-            .await?,
-        )?;
+    let owned = settle_rows(&tx, owner, settlements).await?;
+    apply_effects(&tx, settlements, &owned).await?;
+    tx.commit().await?;
+    if owned.len() < settlements.len() {
+        tracing::warn!(
+            lost = settlements.len() - owned.len(),
+            "some claimed rows were reclaimed by another drain before they were settled"
+        );
     }
-    if !retry_ids.is_empty() {
-        collect(
-            tx.query(
-                "UPDATE integrations_outbox o
-                    SET status = 'pending', last_error = u.err,
-                        next_run_at = now() + make_interval(secs => u.delay),
-                        locked_until = NULL, locked_by = NULL, updated_at = now()
-                   FROM unnest($1::uuid[], $2::text[], $3::float8[]) AS u(id, err, delay)
-                  WHERE o.id = u.id AND o.status = 'processing' AND o.locked_by = $4
-              RETURNING o.id",
-                &[&retry_ids, &retry_err, &retry_delay, &owner],
-            )
-            .await?,
-        )?;
-    }
-    if !fail_ids.is_empty() {
-        collect(
-            tx.query(
-                "UPDATE integrations_outbox o
-                    SET status = 'failed', last_error = u.err,
-                        locked_until = NULL, locked_by = NULL, updated_at = now()
-                   FROM unnest($1::uuid[], $2::text[]) AS u(id, err)
-                  WHERE o.id = u.id AND o.status = 'processing' AND o.locked_by = $3
-              RETURNING o.id",
-                &[&fail_ids, &fail_err, &owner],
-            )
-            .await?,
-        )?;
-    }
-    if !back_ids.is_empty() {
-        collect(
-            tx.query(
-                "UPDATE integrations_outbox o
-                    SET status = 'pending', attempts = greatest(o.attempts - 1, 0),
-                        last_error = coalesce(u.reason, o.last_error),
-                        next_run_at = now() + make_interval(secs => u.delay),
-                        locked_until = NULL, locked_by = NULL, updated_at = now()
-                   FROM unnest($1::uuid[], $2::text[], $3::float8[]) AS u(id, reason, delay)
-                  WHERE o.id = u.id AND o.status = 'processing' AND o.locked_by = $4
-              RETURNING o.id",
-                &[&back_ids, &back_reason, &back_delay, &owner],
-            )
-            .await?,
-        )?;
-    }
+    Ok(owned)
+}
 
+/// One statement for every outcome: each row's new status, error, response
+/// and delay travel as parallel arrays; an uncharged row gives its attempt
+/// back and keeps its last error when it brings no reason. Returns the ids
+/// this owner still held.
+async fn settle_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    owner: &str,
+    settlements: &[Settlement],
+) -> Result<Vec<Uuid>, OutboxError> {
+    if settlements.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = settlements.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut statuses: Vec<&str> = Vec::with_capacity(n);
+    let mut errors: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut responses: Vec<Option<&Value>> = Vec::with_capacity(n);
+    let mut delays: Vec<Option<f64>> = Vec::with_capacity(n);
+    let mut uncharged = Vec::with_capacity(n);
+    for s in settlements {
+        let (status, error, response, delay) = match &s.outcome {
+            Outcome::Succeeded { response } => ("succeeded", None, Some(response), None),
+            Outcome::Retry { error, delay } => {
+                ("pending", Some(error.as_str()), None, Some(*delay))
+            }
+            Outcome::Failed { error } => ("failed", Some(error.as_str()), None, None),
+            Outcome::Uncharged { reason, delay } => {
+                ("pending", reason.as_deref(), None, Some(*delay))
+            }
+        };
+        ids.push(s.id);
+        statuses.push(status);
+        errors.push(error);
+        responses.push(response);
+        delays.push(delay.map(|d| d.as_secs_f64()));
+        uncharged.push(matches!(s.outcome, Outcome::Uncharged { .. }));
+    }
+    let rows = tx
+        .query(
+            "UPDATE integrations_outbox o
+                SET status = u.status,
+                    attempts = CASE WHEN u.uncharged THEN greatest(o.attempts - 1, 0)
+                                    ELSE o.attempts END,
+                    last_error = CASE WHEN u.uncharged THEN coalesce(u.err, o.last_error)
+                                      ELSE u.err END,
+                    last_response = CASE WHEN u.status = 'succeeded' THEN u.resp
+                                         ELSE o.last_response END,
+                    next_run_at = CASE WHEN u.delay IS NULL THEN o.next_run_at
+                                       ELSE now() + make_interval(secs => u.delay) END,
+                    locked_until = NULL, locked_by = NULL, updated_at = now()
+               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::float8[],
+                           $6::bool[]) AS u(id, status, err, resp, delay, uncharged)
+              WHERE o.id = u.id AND o.status = 'processing' AND o.locked_by = $7
+          RETURNING o.id",
+            &[
+                &ids, &statuses, &errors, &responses, &delays, &uncharged, &owner,
+            ],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?)
+}
+
+/// The ERP side of the rows this owner still held: Zoho ids written back,
+/// bookings whose sales order failed for good marked failed.
+async fn apply_effects(
+    tx: &tokio_postgres::Transaction<'_>,
+    settlements: &[Settlement],
+    owned: &[Uuid],
+) -> Result<(), OutboxError> {
     let held: std::collections::HashSet<Uuid> = owned.iter().copied().collect();
     let (mut c_ids, mut c_zoho) = (Vec::new(), Vec::new());
     let (mut b_ids, mut b_zoho) = (Vec::new(), Vec::new());
@@ -294,17 +282,10 @@ pub(crate) async fn settle(
             }
         }
     }
-    erp::clients::set_zoho_contact_ids(&tx, &c_ids, &c_zoho).await?;
-    erp::bookings::set_sales_orders(&tx, &b_ids, &b_zoho).await?;
-    erp::bookings::mark_sync_failed(&tx, &failed_bookings).await?;
-    tx.commit().await?;
-    if owned.len() < settlements.len() {
-        tracing::warn!(
-            lost = settlements.len() - owned.len(),
-            "some claimed rows were reclaimed by another drain before they were settled"
-        );
-    }
-    Ok(owned)
+    erp::clients::set_zoho_contact_ids(tx, &c_ids, &c_zoho).await?;
+    erp::bookings::set_sales_orders(tx, &b_ids, &b_zoho).await?;
+    erp::bookings::mark_sync_failed(tx, &failed_bookings).await?;
+    Ok(())
 }
 
 /// Calls `requeue_failed_outbox` (migration V3): failed rows back to pending

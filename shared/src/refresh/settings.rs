@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use crate::platform::config::{Config, ConfigError, YearBounds};
+use crate::platform::{
+    config::{Config, ConfigError, YearBounds},
+    text::non_empty,
+};
 
 #[derive(Debug, Clone)]
 pub struct RefreshSettings {
@@ -56,9 +59,8 @@ impl RefreshSettings {
     ) -> Result<Self, ConfigError> {
         let mut problems = Vec::new();
         let mut num = |key: &str, default: u64| -> u64 {
-            match lookup(key).map(|v| v.trim().to_string()) {
+            match non_empty(lookup(key).as_deref()) {
                 None => default,
-                Some(v) if v.is_empty() => default,
                 Some(v) => v.parse().unwrap_or_else(|_| {
                     problems.push(format!("{key} is not a valid non-negative integer"));
                     default

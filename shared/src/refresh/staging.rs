@@ -13,6 +13,7 @@ use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::ToSql, types::Type,
 use uuid::Uuid;
 
 use super::RefreshError;
+use crate::kommo::MappedContact;
 
 /// A lead as the mapping left it, ready for `stg_kommo_leads`.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,15 +44,9 @@ pub struct StagedLead {
 /// A contact as the mapping left it, ready for `stg_kommo_contacts`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StagedContact {
-    pub contact_id: i64,
+    pub contact: MappedContact,
+    /// The contact as Kommo sent it, for troubleshooting.
     pub payload: Value,
-    pub full_name: String,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub email: Option<String>,
-    pub phone: Option<String>,
-    pub phone_normalized: Option<String>,
-    pub updated_at: Option<DateTime<Utc>>,
 }
 
 /// A lead's vehicle, ready for `stg_kommo_booking_vehicles`.
@@ -166,17 +161,18 @@ fn lead_values<'a>(run_id: &'a Uuid, l: &'a StagedLead) -> [&'a (dyn ToSql + Syn
 }
 
 fn contact_values<'a>(run_id: &'a Uuid, c: &'a StagedContact) -> [&'a (dyn ToSql + Sync); 10] {
+    let m = &c.contact;
     [
         run_id,
-        &c.contact_id,
+        &m.contact_id,
         &c.payload,
-        &c.full_name,
-        &c.first_name,
-        &c.last_name,
-        &c.email,
-        &c.phone,
-        &c.phone_normalized,
-        &c.updated_at,
+        &m.full_name,
+        &m.first_name,
+        &m.last_name,
+        &m.email,
+        &m.phone,
+        &m.phone_normalized,
+        &m.updated_at,
     ]
 }
 

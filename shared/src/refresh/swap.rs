@@ -195,20 +195,10 @@ async fn replace_production(
     )
     .await?;
 
-    // 3. Soft-delete current Kommo data, except rows changed in Kommo after
-    //    the snapshot began.
-    erp::bookings::deactivate_stale(&tx, run_id, staged.started_at).await?;
-    erp::sales_leads::archive_stale(&tx, run_id, staged.started_at).await?;
-    // 4. Clients, matched to existing ones exactly as webhook ingest does.
-    erp::clients::upsert_staged(&tx, run_id).await?;
-    // 5. Sales leads: every staged lead, excluded statuses included.
-    erp::sales_leads::upsert_staged(&tx, run_id).await?;
-    // 7a. Vehicles first, so bookings can point at them.
-    erp::vehicles::insert_staged(&tx, run_id).await?;
-    // 6. Bookings: bookable leads only.
-    erp::bookings::upsert_staged(&tx, run_id).await?;
-    // 7b. Link vehicles; the lead's vehicle is the booking's primary one.
-    erp::bookings::link_staged_vehicles(&tx, run_id).await?;
+    // 3–7. Soft-delete current Kommo data, then clients (matched to
+    //      existing ones exactly as webhook ingest does), sales leads,
+    //      vehicles, bookings and their vehicle links.
+    erp::snapshot::apply(&tx, run_id, staged.started_at).await?;
 
     // 8–9. Record the outcome with the data, so `succeeded` never shows
     //      for a swap that did not commit.

@@ -310,10 +310,11 @@ fn record_result(item: &Value) -> RecordResult {
 /// needs neither the secret nor the network.
 pub struct LazyZohoClient {
     cell: tokio::sync::OnceCell<Arc<ZohoClient>>,
-    source: Option<SecretSource>,
+    recipe: Option<ClientRecipe>,
 }
 
-struct SecretSource {
+/// What building the client needs: where its secret is, and its settings.
+struct ClientRecipe {
     secrets: Arc<Secrets>,
     secret_id: String,
     settings: ZohoSettings,
@@ -324,7 +325,7 @@ impl LazyZohoClient {
     pub fn ready(client: Arc<ZohoClient>) -> Self {
         LazyZohoClient {
             cell: tokio::sync::OnceCell::new_with(Some(client)),
-            source: None,
+            recipe: None,
         }
     }
 
@@ -333,7 +334,7 @@ impl LazyZohoClient {
     pub fn unconfigured() -> Self {
         LazyZohoClient {
             cell: tokio::sync::OnceCell::new(),
-            source: None,
+            recipe: None,
         }
     }
 
@@ -345,7 +346,7 @@ impl LazyZohoClient {
     ) -> Self {
         LazyZohoClient {
             cell: tokio::sync::OnceCell::new(),
-            source: Some(SecretSource {
+            recipe: Some(ClientRecipe {
                 secrets,
                 secret_id,
                 settings,
@@ -358,7 +359,7 @@ impl LazyZohoClient {
         self.cell
             .get_or_try_init(|| async {
                 let src = self
-                    .source
+                    .recipe
                     .as_ref()
                     .ok_or_else(|| ZohoError::Config("ZOHO_SECRET_ID is not set".into()))?;
                 let secret: ZohoSecret = src.secrets.get_json(&src.secret_id).await?;

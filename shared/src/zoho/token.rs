@@ -16,9 +16,12 @@ use subtle::ConstantTimeEq;
 
 use super::error::ZohoError;
 use crate::{
-    platform::db::DbPool,
+    platform::db::{DbPool, PooledTransaction},
     platform::secrets::{Redacted, ZohoSecret},
 };
+
+const SELECT_ROW: &str = "SELECT access_token, api_domain, expires_at, throttled_until \
+                          FROM zoho_oauth_tokens WHERE id = $1";
 
 /// The row of `zoho_oauth_tokens` used when none is named.
 pub const DEFAULT_TOKEN_ROW: &str = "default";
@@ -85,12 +88,6 @@ impl TokenManager {
         }
     }
 
-    /// Uses another row of `zoho_oauth_tokens` (one per Zoho org).
-    pub fn with_row_id(mut self, row_id: &str) -> Self {
-        self.row_id = row_id.to_string();
-        self
-    }
-
     fn fresh(&self, t: &AccessToken) -> bool {
         let margin = chrono::Duration::from_std(self.margin).unwrap_or(chrono::Duration::zero());
         t.expires_at - Utc::now() > margin
@@ -131,11 +128,6 @@ impl TokenManager {
         self.load_or_refresh(Some(rejected.token.expose())).await
     }
 
-    /// Forgets the in-memory copy (tests; a container that wants to re-read).
-    pub fn forget(&self) {
-        self.store(None);
-    }
-
     fn usable(&self, row: &Row, rejected: Option<&str>) -> Option<AccessToken> {
         row.token
             .as_ref()
@@ -162,45 +154,60 @@ impl TokenManager {
         })
     }
 
+    /// What a read row settles without a refresh: a usable token (kept in
+    /// memory), or the open circuit.
+    fn settled(&self, row: &Row, rejected: Option<&str>) -> Option<Result<AccessToken, ZohoError>> {
+        if let Some(t) = self.usable(row, rejected) {
+            self.store(Some(t.clone()));
+            return Some(Ok(t));
+        }
+        row.throttled_until
+            .filter(|u| *u > Utc::now())
+            .map(|until| Err(ZohoError::Throttled { until }))
+    }
+
     async fn load_or_refresh(&self, rejected: Option<&str>) -> Result<AccessToken, ZohoError> {
-        const SELECT: &str = "SELECT access_token, api_domain, expires_at, throttled_until \
-                              FROM zoho_oauth_tokens WHERE id = $1";
         let mut client = self.pool.get().await?;
 
         // Most calls end here: another container already refreshed.
-        if let Some(r) = client.query_opt(SELECT, &[&self.row_id]).await? {
-            let row = Self::read_row(&r)?;
-            if let Some(t) = self.usable(&row, rejected) {
-                self.store(Some(t.clone()));
-                return Ok(t);
-            }
-            if let Some(until) = row.throttled_until.filter(|u| *u > Utc::now()) {
-                return Err(ZohoError::Throttled { until });
+        if let Some(r) = client.query_opt(SELECT_ROW, &[&self.row_id]).await? {
+            if let Some(done) = self.settled(&Self::read_row(&r)?, rejected) {
+                return done;
             }
         }
 
         let tx = client.transaction().await?;
+        let row = self.lock_row(&tx).await?;
+        // Whoever held the lock before us may have refreshed already.
+        if let Some(done) = self.settled(&row, rejected) {
+            tx.commit().await?;
+            return done;
+        }
+        self.drop_rejected(&tx, &row, rejected).await?;
+        let outcome = self.call_token_endpoint().await;
+        self.record(tx, outcome).await
+    }
+
+    /// The token row, created when missing, locked for this refresh.
+    async fn lock_row(&self, tx: &tokio_postgres::Transaction<'_>) -> Result<Row, ZohoError> {
         tx.execute(
             "INSERT INTO zoho_oauth_tokens (id) VALUES ($1) ON CONFLICT (id) DO NOTHING",
             &[&self.row_id],
         )
         .await?;
         let locked = tx
-            .query_one(&format!("{SELECT} FOR UPDATE"), &[&self.row_id])
+            .query_one(&format!("{SELECT_ROW} FOR UPDATE"), &[&self.row_id])
             .await?;
-        let row = Self::read_row(&locked)?;
-        // Whoever held the lock before us may have refreshed already.
-        if let Some(t) = self.usable(&row, rejected) {
-            tx.commit().await?;
-            self.store(Some(t.clone()));
-            return Ok(t);
-        }
-        if let Some(until) = row.throttled_until.filter(|u| *u > Utc::now()) {
-            tx.commit().await?;
-            return Err(ZohoError::Throttled { until });
-        }
+        Self::read_row(&locked)
+    }
 
-        // Zoho refused the stored token: if no new one can be had, nobody should use it.
+    /// Zoho refused the stored token: if no new one can be had, nobody should use it.
+    async fn drop_rejected(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        row: &Row,
+        rejected: Option<&str>,
+    ) -> Result<(), ZohoError> {
         if let (Some(r), Some(t)) = (rejected, row.token.as_ref()) {
             if t.same_token(r) {
                 tx.execute(
@@ -210,7 +217,15 @@ impl TokenManager {
                 .await?;
             }
         }
-        let outcome = self.call_token_endpoint().await;
+        Ok(())
+    }
+
+    /// Writes what the token endpoint answered into the locked row.
+    async fn record(
+        &self,
+        tx: PooledTransaction<'_>,
+        outcome: Result<Refreshed, ZohoError>,
+    ) -> Result<AccessToken, ZohoError> {
         match outcome {
             Ok(Refreshed::Token(t)) => {
                 tx.execute(
@@ -237,24 +252,14 @@ impl TokenManager {
                     .unwrap_or_else(|_| chrono::Duration::minutes(10));
                 let until = Utc::now() + circuit;
                 let msg = format!("token endpoint throttled: {description}");
-                tx.execute(
-                    "UPDATE zoho_oauth_tokens
-                        SET throttled_until = $2, last_error = $3, updated_at = now()
-                      WHERE id = $1",
-                    &[&self.row_id, &until, &msg],
-                )
-                .await?;
+                self.note_failure(&tx, Some(until), &msg).await?;
                 tx.commit().await?;
                 tracing::error!(%until, "zoho token endpoint throttled; circuit open");
                 Err(ZohoError::Throttled { until })
             }
             Ok(Refreshed::Refused(code)) => {
                 let msg = format!("token endpoint refused the refresh: {code}");
-                tx.execute(
-                    "UPDATE zoho_oauth_tokens SET last_error = $2, updated_at = now() WHERE id = $1",
-                    &[&self.row_id, &msg],
-                )
-                .await?;
+                self.note_failure(&tx, None, &msg).await?;
                 tx.commit().await?;
                 tracing::error!(error = %code, "zoho token refresh refused");
                 Err(ZohoError::TokenRefused { code })
@@ -262,17 +267,30 @@ impl TokenManager {
             Err(e) => {
                 // Best effort: the note is for operators, the caller gets the real error either way.
                 let msg = e.to_string();
-                let _ = tx
-                    .execute(
-                        "UPDATE zoho_oauth_tokens SET last_error = $2, updated_at = now() WHERE id = $1",
-                        &[&self.row_id, &msg],
-                    )
-                    .await;
+                let _ = self.note_failure(&tx, None, &msg).await;
                 let _ = tx.commit().await;
                 tracing::warn!(error = %msg, "zoho token refresh failed");
                 Err(e)
             }
         }
+    }
+
+    /// A failed refresh, for operators; `throttled_until` opens the circuit.
+    async fn note_failure(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        throttled_until: Option<DateTime<Utc>>,
+        msg: &str,
+    ) -> Result<(), ZohoError> {
+        tx.execute(
+            "UPDATE zoho_oauth_tokens
+                SET throttled_until = coalesce($2, throttled_until), last_error = $3,
+                    updated_at = now()
+              WHERE id = $1",
+            &[&self.row_id, &throttled_until, &msg],
+        )
+        .await?;
+        Ok(())
     }
 
     async fn call_token_endpoint(&self) -> Result<Refreshed, ZohoError> {

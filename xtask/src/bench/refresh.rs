@@ -26,7 +26,7 @@ use chrono::{DateTime, Datelike, TimeZone, Utc};
 use sandbox::kommo::{data, KommoOptions, KommoSandbox};
 use serde::{Deserialize, Serialize};
 use shared::{
-    kommo::{KommoClient, KommoClientOptions},
+    kommo::{KommoClient, KommoClientOptions, MappedContact},
     platform::db::DbSettings,
     platform::flags::FeatureFlags,
     platform::secrets::Redacted,
@@ -243,15 +243,17 @@ async fn staged_pages(db: &TestDb, run_id: Uuid, page_size: usize) -> Result<Vec
             (
                 id,
                 StagedContact {
-                    contact_id: id,
+                    contact: MappedContact {
+                        contact_id: id,
+                        full_name: r.get::<_, Option<String>>(2).unwrap_or_default(),
+                        first_name: r.get(3),
+                        last_name: r.get(4),
+                        email: r.get(5),
+                        phone: r.get(6),
+                        phone_normalized: r.get(7),
+                        updated_at: r.get(8),
+                    },
                     payload: r.get(1),
-                    full_name: r.get::<_, Option<String>>(2).unwrap_or_default(),
-                    first_name: r.get(3),
-                    last_name: r.get(4),
-                    email: r.get(5),
-                    phone: r.get(6),
-                    phone_normalized: r.get(7),
-                    updated_at: r.get(8),
                 },
             )
         })

@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::{
     erp::{ClientInput, ClientRef, NewBooking},
     kommo::mapping::normalize_phone,
+    platform::text::non_empty,
 };
 
 /// One problem with one field of the request.
@@ -67,17 +68,13 @@ impl<'a> Check<'a> {
     fn text(&mut self, key: &str, max: usize) -> Option<String> {
         match self.obj.get(key) {
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) => {
-                let s = s.trim();
-                if s.is_empty() {
-                    None
-                } else if s.chars().count() > max {
+            Some(Value::String(s)) => match non_empty(Some(s)) {
+                Some(s) if s.chars().count() > max => {
                     self.bad(key, format!("must be at most {max} characters"));
                     None
-                } else {
-                    Some(s.to_string())
                 }
-            }
+                s => s,
+            },
             Some(_) => {
                 self.bad(key, "must be a string");
                 None

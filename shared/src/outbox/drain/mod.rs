@@ -117,9 +117,9 @@ impl Drain {
         };
 
         {
-            let conn = self.pool.get().await?;
+            let mut conn = self.pool.get().await?;
             let (requeued, failed) =
-                store::rescue_expired(&conn, self.settings.max_attempts).await?;
+                store::rescue_expired(&mut conn, self.settings.max_attempts).await?;
             report.reclaimed = requeued;
             report.failed += failed;
         }

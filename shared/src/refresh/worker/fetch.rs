@@ -126,16 +126,9 @@ impl Worker {
                 continue;
             }
             match map_contact(&c) {
-                Ok(mc) => mapped.staged.contacts.push(StagedContact {
-                    contact_id: mc.contact_id,
+                Ok(contact) => mapped.staged.contacts.push(StagedContact {
+                    contact,
                     payload: c.raw.clone(),
-                    full_name: mc.full_name,
-                    first_name: mc.first_name,
-                    last_name: mc.last_name,
-                    email: mc.email,
-                    phone: mc.phone,
-                    phone_normalized: mc.phone_normalized,
-                    updated_at: mc.updated_at,
                 }),
                 Err(e) => {
                     tracing::warn!(error = %e, "contact skipped");
