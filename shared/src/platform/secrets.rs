@@ -1,13 +1,25 @@
 //! JSON secrets from AWS Secrets Manager, cached per container.
 //!
-//! The cache is `aws_secretsmanager_caching` with a TTL (5 minutes by
-//! default), so a rotated secret takes effect without a redeploy. Errors name
-//! the secret and the field, never the value.
+//! The cache keeps each secret for a TTL (5 minutes by default), so a rotated
+//! secret takes effect without a redeploy, and a caller whose credential was
+//! refused can ask for a value newer than its attempt. Errors name the secret
+//! and the field, never the value.
 
-use std::{fmt, num::NonZeroUsize, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use aws_secretsmanager_caching::SecretsManagerCachingClient;
+use aws_sdk_secretsmanager::{
+    config::http::HttpResponse,
+    error::{ProvideErrorMetadata, SdkError},
+    operation::get_secret_value::GetSecretValueError,
+};
 use serde::{de::DeserializeOwned, Deserialize};
+
+use crate::platform::telemetry::{Metrics, Unit};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -17,8 +29,6 @@ pub enum SecretError {
     NotAString { secret: String },
     #[error("secret `{secret}` is malformed: {problem}")]
     Malformed { secret: String, problem: String },
-    #[error("secrets client could not be built: {0}")]
-    Init(String),
 }
 
 /// A string that never shows up in `Debug` or `Display` output.
@@ -147,53 +157,197 @@ fn describe_json_error(e: &serde_json::Error) -> String {
     }
 }
 
-/// Secrets Manager with an in-container TTL cache.
+/// How long a failed refresh waits before the next one is tried, while the
+/// last good value is served.
+const STALE_RETRY: Duration = Duration::from_secs(30);
+
+/// Secrets Manager behind an in-container TTL cache that calls only
+/// `GetSecretValue`.
+///
+/// The template grants each function `GetSecretValue` and nothing else; the
+/// AWS caching crate also calls `DescribeSecret` once its TTL has passed, which
+/// a deployed function is denied. A transient failure (timeout, throttling, a
+/// 5xx) serves the last good value, so a Secrets Manager blip does not fail
+/// Kommo deliveries; a refresh waits for the one already in flight.
+#[derive(Clone)]
 pub struct Secrets {
-    client: SecretsManagerCachingClient,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: aws_sdk_secretsmanager::Client,
+    ttl: Duration,
+    slots: std::sync::Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+/// One secret's cached value; the async lock is held while it is fetched.
+type Slot = tokio::sync::Mutex<Option<Cached>>;
+
+struct Cached {
+    value: Redacted,
+    fetched: Instant,
+    retry_at: Option<Instant>,
+}
+
+/// What a read wants: a value within the TTL, or one fetched after an
+/// instant (a caller whose credentials were refused wants a newer one).
+#[derive(Clone, Copy)]
+enum Freshness {
+    Ttl,
+    NewerThan(Instant),
+}
+
+struct FetchError {
+    error: SecretError,
+    transient: bool,
 }
 
 impl Secrets {
     /// Builds the client from the ambient AWS config (honours `AWS_ENDPOINT_URL`).
+    /// Every call has an operation timeout, so a slow Secrets Manager cannot
+    /// hold the webhook receiver past Kommo's 2 seconds.
     pub async fn new(sdk: &aws_config::SdkConfig, ttl: Duration) -> Result<Self, SecretError> {
-        let builder = aws_sdk_secretsmanager::config::Builder::from(sdk);
-        let client = SecretsManagerCachingClient::from_builder(
-            builder,
-            NonZeroUsize::new(64).expect("64 is not zero"),
-            ttl,
-            false,
-        )
-        .await
-        .map_err(|e| SecretError::Init(e.to_string()))?;
-        Ok(Secrets { client })
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .operation_attempt_timeout(Duration::from_millis(600))
+            .operation_timeout(Duration::from_millis(1200))
+            .build();
+        let config = aws_sdk_secretsmanager::config::Builder::from(sdk)
+            .timeout_config(timeouts)
+            .build();
+        Ok(Secrets {
+            inner: Arc::new(Inner {
+                client: aws_sdk_secretsmanager::Client::from_conf(config),
+                ttl,
+                slots: std::sync::Mutex::new(HashMap::new()),
+            }),
+        })
     }
 
     /// Returns the secret's text, from the cache when it is fresh.
     pub async fn get_string(&self, secret_id: &str) -> Result<Redacted, SecretError> {
-        let out = match self
-            .client
-            .get_secret_value(secret_id, None, None, false)
-            .await
-        {
-            Ok(out) => out,
-            Err(e) => {
-                let reason = e.to_string();
-                return Err(SecretError::Fetch {
-                    secret: secret_id.to_string(),
-                    reason,
-                });
-            }
-        };
-        out.secret_string
-            .map(Redacted)
-            .ok_or_else(|| SecretError::NotAString {
-                secret: secret_id.to_string(),
-            })
+        self.read(secret_id, Freshness::Ttl).await
+    }
+
+    /// Returns the secret's text as fetched after `instant`, fetching it again
+    /// unless another caller already did. For a credential that was just
+    /// refused: a rotated secret takes effect without waiting for the TTL.
+    pub async fn get_string_newer_than(
+        &self,
+        secret_id: &str,
+        instant: Instant,
+    ) -> Result<Redacted, SecretError> {
+        self.read(secret_id, Freshness::NewerThan(instant)).await
     }
 
     /// Returns the secret parsed as JSON into `T`.
     pub async fn get_json<T: DeserializeOwned>(&self, secret_id: &str) -> Result<T, SecretError> {
         let text = self.get_string(secret_id).await?;
         parse_secret(secret_id, text.expose())
+    }
+
+    /// [`Secrets::get_string_newer_than`], parsed as JSON into `T`.
+    pub async fn get_json_newer_than<T: DeserializeOwned>(
+        &self,
+        secret_id: &str,
+        instant: Instant,
+    ) -> Result<T, SecretError> {
+        let text = self.get_string_newer_than(secret_id, instant).await?;
+        parse_secret(secret_id, text.expose())
+    }
+
+    fn slot(&self, secret_id: &str) -> Arc<Slot> {
+        let mut slots = self
+            .inner
+            .slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slots.entry(secret_id.to_string()).or_default().clone()
+    }
+
+    async fn read(&self, secret_id: &str, want: Freshness) -> Result<Redacted, SecretError> {
+        let slot = self.slot(secret_id);
+        let mut cached = slot.lock().await;
+        let now = Instant::now();
+        if let Some(c) = cached.as_ref() {
+            let fresh = match want {
+                Freshness::Ttl => now.duration_since(c.fetched) < self.inner.ttl,
+                Freshness::NewerThan(t) => c.fetched > t,
+            };
+            let waiting = matches!(want, Freshness::Ttl) && c.retry_at.is_some_and(|r| now < r);
+            if fresh || waiting {
+                return Ok(c.value.clone());
+            }
+        }
+        match self.fetch(secret_id).await {
+            Ok(value) => {
+                *cached = Some(Cached {
+                    value: value.clone(),
+                    fetched: Instant::now(),
+                    retry_at: None,
+                });
+                Ok(value)
+            }
+            Err(e) => match cached.as_mut() {
+                Some(last_good) if e.transient => Ok(serve_stale(secret_id, last_good, &e.error)),
+                _ => Err(e.error),
+            },
+        }
+    }
+
+    async fn fetch(&self, secret_id: &str) -> Result<Redacted, FetchError> {
+        let out = self
+            .inner
+            .client
+            .get_secret_value()
+            .secret_id(secret_id)
+            .send()
+            .await
+            .map_err(|e| FetchError {
+                transient: is_transient(&e),
+                error: SecretError::Fetch {
+                    secret: secret_id.to_string(),
+                    reason: aws_sdk_secretsmanager::error::DisplayErrorContext(&e).to_string(),
+                },
+            })?;
+        out.secret_string.map(Redacted).ok_or_else(|| FetchError {
+            transient: false,
+            error: SecretError::NotAString {
+                secret: secret_id.to_string(),
+            },
+        })
+    }
+}
+
+/// Keeps the last good value after a transient failure, says so in the log
+/// and as a metric, and waits [`STALE_RETRY`] before trying again.
+fn serve_stale(secret_id: &str, c: &mut Cached, error: &SecretError) -> Redacted {
+    c.retry_at = Some(Instant::now() + STALE_RETRY);
+    tracing::warn!(
+        secret = secret_id,
+        error = %error,
+        age_seconds = c.fetched.elapsed().as_secs(),
+        "secret refresh failed; serving the last good value"
+    );
+    let mut m = Metrics::new("KommoZoho", "secrets");
+    m.add("SecretStaleServed", 1.0, Unit::Count);
+    m.flush();
+    c.value.clone()
+}
+
+/// Timeouts, dropped connections, throttling and 5xx are worth waiting out;
+/// a denied, missing or undecryptable secret is not.
+fn is_transient(e: &SdkError<GetSecretValueError, HttpResponse>) -> bool {
+    match e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(s) => {
+            s.raw().status().is_server_error()
+                || matches!(s.err(), GetSecretValueError::InternalServiceError(_))
+                || s.err().code() == Some("ThrottlingException")
+        }
+        _ => false,
     }
 }
 

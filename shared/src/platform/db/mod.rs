@@ -13,6 +13,10 @@ use std::{sync::Arc, time::Duration};
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::config::{Host, SslMode};
 
+mod connector;
+
+use connector::{Connector, Rotation};
+
 use crate::{
     platform::config::{Config, DbSource},
     platform::secrets::{DbSecret, SecretError, Secrets},
@@ -59,53 +63,45 @@ impl DbError {
 /// Connection settings resolved from the config and, when needed, the RDS secret.
 #[derive(Clone)]
 pub struct DbSettings {
-    pub pg: tokio_postgres::Config,
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    connector: Connector,
     pub pool_size: usize,
 }
 
 impl DbSettings {
+    /// Reads the URL or the RDS secret. With the secret, a password Postgres
+    /// later refuses is read again from it (see [`connector`]).
     pub async fn resolve(cfg: &Config, secrets: Option<&Secrets>) -> Result<Self, DbError> {
-        let mut pg = match &cfg.db {
-            DbSource::Url(url) => url.parse::<tokio_postgres::Config>().map_err(|_| {
-                DbError::Settings("DATABASE_URL is not a valid postgres URL".into())
-            })?,
+        let (mut pg, rotation) = match &cfg.db {
+            DbSource::Url(url) => (
+                url.parse::<tokio_postgres::Config>().map_err(|_| {
+                    DbError::Settings("DATABASE_URL is not a valid postgres URL".into())
+                })?,
+                None,
+            ),
             DbSource::Secret(id) => {
                 let secrets = secrets.ok_or_else(|| {
                     DbError::Settings("DB_SECRET_ID is set but no secrets client was given".into())
                 })?;
                 let s: DbSecret = secrets.get_json(id).await?;
                 let mut pg = tokio_postgres::Config::new();
-                pg.host(&s.host)
-                    .port(s.port)
-                    .user(&s.username)
-                    .password(s.password.expose())
-                    .dbname(&s.dbname);
-                pg
+                connector::apply_secret(&mut pg, &s);
+                let rotation = Rotation {
+                    secrets: secrets.clone(),
+                    secret_id: id.clone(),
+                };
+                (pg, Some(rotation))
             }
         };
         pg.application_name("kommo-zoho-integration")
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(connector::CONNECT_TIMEOUT)
             .keepalives(true)
             .options(format!(
                 "-c statement_timeout={}",
                 cfg.db_statement_timeout.as_millis()
             ));
-        let remote = pg.get_hosts().iter().any(|h| match h {
-            Host::Tcp(name) => !is_local_host(name),
-            Host::Unix(_) => false,
-        });
-        let want_tls = cfg.db_require_tls.unwrap_or(remote);
-        let tls = if want_tls {
-            // `prefer` would silently fall back to plaintext; insist.
-            pg.ssl_mode(SslMode::Require);
-            Some(Arc::new(tls_config(cfg.db_ca_bundle.as_deref())?))
-        } else {
-            None
-        };
+        let tls = tls_for(&mut pg, cfg)?;
         Ok(DbSettings {
-            pg,
-            tls,
+            connector: Connector::new(pg, tls, rotation),
             pool_size: cfg.db_pool_size,
         })
     }
@@ -115,10 +111,14 @@ impl DbSettings {
             .parse::<tokio_postgres::Config>()
             .map_err(|_| DbError::Settings("not a valid postgres URL".into()))?;
         Ok(DbSettings {
-            pg,
-            tls: None,
+            connector: Connector::new(pg, None, None),
             pool_size: 2,
         })
+    }
+
+    /// The settings connections are opened with now (after any rotation).
+    pub fn pg(&self) -> tokio_postgres::Config {
+        self.connector.current()
     }
 
     /// Builds the pool; no connection is made until first use.
@@ -127,14 +127,7 @@ impl DbSettings {
         let mgr_cfg = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         };
-        let mgr = match &self.tls {
-            Some(tls) => Manager::from_config(
-                self.pg.clone(),
-                tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone()),
-                mgr_cfg,
-            ),
-            None => Manager::from_config(self.pg.clone(), tokio_postgres::NoTls, mgr_cfg),
-        };
+        let mgr = Manager::from_connect(self.pg(), self.connector.clone(), mgr_cfg);
         Pool::builder(mgr)
             .max_size(self.pool_size)
             .runtime(Runtime::Tokio1)
@@ -155,33 +148,26 @@ impl DbSettings {
 
     /// A single connection outside the pool, for migrations and `COPY`.
     pub async fn connect(&self) -> Result<tokio_postgres::Client, DbError> {
-        let client = match &self.tls {
-            Some(tls) => {
-                let (client, conn) = self
-                    .pg
-                    .connect(tokio_postgres_rustls::MakeRustlsConnect::new(
-                        (**tls).clone(),
-                    ))
-                    .await?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::warn!(error = %e, "database connection closed");
-                    }
-                });
-                client
-            }
-            None => {
-                let (client, conn) = self.pg.connect(tokio_postgres::NoTls).await?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::warn!(error = %e, "database connection closed");
-                    }
-                });
-                client
-            }
-        };
+        let (client, _connection) = self.connector.open().await?;
         Ok(client)
     }
+}
+
+/// TLS for remote hosts (or as `DB_REQUIRE_TLS` says), never silently
+/// downgraded: `prefer` would fall back to plaintext, so TLS is required.
+fn tls_for(
+    pg: &mut tokio_postgres::Config,
+    cfg: &Config,
+) -> Result<Option<Arc<rustls::ClientConfig>>, DbError> {
+    let remote = pg.get_hosts().iter().any(|h| match h {
+        Host::Tcp(name) => !is_local_host(name),
+        Host::Unix(_) => false,
+    });
+    if !cfg.db_require_tls.unwrap_or(remote) {
+        return Ok(None);
+    }
+    pg.ssl_mode(SslMode::Require);
+    Ok(Some(Arc::new(tls_config(cfg.db_ca_bundle.as_deref())?)))
 }
 
 fn is_local_host(name: &str) -> bool {
