@@ -1,13 +1,10 @@
 //! Settings of the full refresh. The common ones come from [`Config`]; the
-//! few only the refresh uses are read here, with the same collect-every-
-//! problem behaviour, so `shared::platform::config` stays the foundation's.
+//! few only the refresh uses are read here through the same [`Env`] reader,
+//! so every problem is named at once.
 
 use std::time::Duration;
 
-use crate::platform::{
-    config::{Config, ConfigError, YearBounds},
-    text::non_empty,
-};
+use crate::platform::config::{Config, ConfigError, Env, YearBounds};
 
 #[derive(Debug, Clone)]
 pub struct RefreshSettings {
@@ -57,42 +54,33 @@ impl RefreshSettings {
         cfg: &Config,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let mut problems = Vec::new();
-        let mut num = |key: &str, default: u64| -> u64 {
-            match non_empty(lookup(key).as_deref()) {
-                None => default,
-                Some(v) => v.parse().unwrap_or_else(|_| {
-                    problems.push(format!("{key} is not a valid non-negative integer"));
-                    default
-                }),
-            }
-        };
-        let page_limit = num("FULL_REFRESH_PAGE_LIMIT", 250);
-        let margin_ms = num("FULL_REFRESH_DEADLINE_MARGIN_MS", 60_000);
-        let stale_s = num("FULL_REFRESH_STALE_AFTER_SECONDS", 1_800);
-        let drop_pct = num("FULL_REFRESH_MAX_DROP_PERCENT", 30);
+        Env::load(lookup, |env| Self::read(env, cfg))
+    }
+
+    fn read(env: &mut Env<'_>, cfg: &Config) -> Self {
+        let page_limit = env.or::<u32>("FULL_REFRESH_PAGE_LIMIT", 250);
+        let deadline_margin = env.millis("FULL_REFRESH_DEADLINE_MARGIN_MS", 60_000);
+        let stale_after = env.secs("FULL_REFRESH_STALE_AFTER_SECONDS", 1_800);
+        let drop_pct = env.or::<u32>("FULL_REFRESH_MAX_DROP_PERCENT", 30);
         if !(1..=250).contains(&page_limit) {
-            problems.push("FULL_REFRESH_PAGE_LIMIT must be 1..=250".to_string());
+            env.problem("FULL_REFRESH_PAGE_LIMIT must be 1..=250");
         }
         if drop_pct > 100 {
-            problems.push("FULL_REFRESH_MAX_DROP_PERCENT must be 0..=100".to_string());
+            env.problem("FULL_REFRESH_MAX_DROP_PERCENT must be 0..=100");
         }
         if cfg.full_refresh_keep_runs < 1 {
-            problems.push("FULL_REFRESH_KEEP_RUNS must be at least 1".to_string());
+            env.problem("FULL_REFRESH_KEEP_RUNS must be at least 1");
         }
-        if !problems.is_empty() {
-            return Err(ConfigError { problems });
-        }
-        Ok(RefreshSettings {
-            page_limit: page_limit as u32,
-            deadline_margin: Duration::from_millis(margin_ms),
-            stale_after: Duration::from_secs(stale_s),
-            max_drop: drop_pct as f64 / 100.0,
+        RefreshSettings {
+            page_limit,
+            deadline_margin,
+            stale_after,
+            max_drop: f64::from(drop_pct) / 100.0,
             keep_runs: cfg.full_refresh_keep_runs,
             year_bounds: cfg.full_refresh_year_bounds,
             default_year: cfg.full_refresh_default_year,
             ..RefreshSettings::default()
-        })
+        }
     }
 }
 
