@@ -44,7 +44,7 @@ impl Default for RefreshSettings {
 
 impl RefreshSettings {
     pub fn from_env(cfg: &Config) -> Result<Self, ConfigError> {
-        Self::from_lookup(cfg, |k| std::env::var(k).ok())
+        Env::load_process(|env| Self::read(env, cfg))
     }
 
     /// `FULL_REFRESH_PAGE_LIMIT`, `FULL_REFRESH_DEADLINE_MARGIN_MS`,
