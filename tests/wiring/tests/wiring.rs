@@ -11,11 +11,11 @@ use aws_lambda_events::event::{
     sqs::{SqsBatchResponse, SqsEvent},
 };
 use aws_sdk_sqs::types::QueueAttributeName;
-use sandbox::wiring::{
-    self, HttpInvoker, InProcess, InvokeError, Invoker, ProvisionSpec, PumpConfig, Redrive,
+use serde_json::{json, Value};
+use wiring::{
+    HttpInvoker, InProcess, InvokeError, Invoker, ProvisionSpec, PumpConfig, Redrive,
     ScheduleTicker, SqsPump,
 };
-use serde_json::{json, Value};
 
 async fn moto() -> aws_config::SdkConfig {
     if std::env::var("AWS_ENDPOINT_URL").is_err() {
