@@ -27,10 +27,11 @@ pub(crate) fn sqs_err<E>(operation: &'static str, queue: &str, e: E) -> WiringEr
 where
     E: std::error::Error + 'static,
 {
+    let reason = with_causes(&e);
     WiringError::Sqs {
         operation,
         queue: queue.to_string(),
-        reason: aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
+        reason,
     }
 }
 
@@ -38,10 +39,17 @@ pub(crate) fn secrets_err<E>(operation: &'static str, secret: &str, e: E) -> Wir
 where
     E: std::error::Error + 'static,
 {
+    // The SDK's error text never contains the secret string we sent.
+    let reason = with_causes(&e);
     WiringError::Secrets {
         operation,
         secret: secret.to_string(),
-        // The SDK's error text never contains the secret string we sent.
-        reason: aws_sdk_secretsmanager::error::DisplayErrorContext(&e).to_string(),
+        reason,
     }
+}
+
+/// An SDK error with its chain of causes, on one line (the bare `Display`
+/// of an SDK error says only "service error").
+fn with_causes<E: std::error::Error>(e: &E) -> String {
+    aws_sdk_sqs::error::DisplayErrorContext(e).to_string()
 }

@@ -1,7 +1,7 @@
 //! Settling received messages by their receipt handles: deleting the ones a
 //! function handled, making the failed ones visible again for a retry.
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
 use aws_sdk_sqs::{
     types::{
@@ -22,24 +22,18 @@ pub(crate) async fn delete(
     url: &str,
     messages: &[&Message],
 ) -> Result<(), WiringError> {
-    const OPERATION: &str = "DeleteMessageBatch";
-    if messages.is_empty() {
-        return Ok(());
-    }
-    let entries = entries(OPERATION, url, messages, |id, receipt| {
+    let request = sqs.delete_message_batch().queue_url(url);
+    let entry = |id, receipt| {
         DeleteMessageBatchRequestEntry::builder()
             .id(id)
             .receipt_handle(receipt)
             .build()
-    })?;
-    let out = sqs
-        .delete_message_batch()
-        .queue_url(url)
-        .set_entries(Some(entries))
-        .send()
-        .await
-        .map_err(|e| sqs_err(OPERATION, url, e))?;
-    first_failure(OPERATION, url, &out.failed)
+    };
+    let send = |entries| async move {
+        let out = request.set_entries(Some(entries)).send().await;
+        out.map(|o| o.failed)
+    };
+    settle("DeleteMessageBatch", url, messages, entry, send).await
 }
 
 /// Makes the messages visible again after `visibility`, as Lambda leaves a
@@ -50,53 +44,51 @@ pub(crate) async fn release(
     messages: &[&Message],
     visibility: Duration,
 ) -> Result<(), WiringError> {
-    const OPERATION: &str = "ChangeMessageVisibilityBatch";
-    if messages.is_empty() {
-        return Ok(());
-    }
     let timeout = visibility.as_secs().min(MAX_VISIBILITY_SECS) as i32;
-    let entries = entries(OPERATION, url, messages, |id, receipt| {
+    let request = sqs.change_message_visibility_batch().queue_url(url);
+    let entry = |id, receipt| {
         ChangeMessageVisibilityBatchRequestEntry::builder()
             .id(id)
             .receipt_handle(receipt)
             .visibility_timeout(timeout)
             .build()
-    })?;
-    let out = sqs
-        .change_message_visibility_batch()
-        .queue_url(url)
-        .set_entries(Some(entries))
-        .send()
-        .await
-        .map_err(|e| sqs_err(OPERATION, url, e))?;
-    first_failure(OPERATION, url, &out.failed)
+    };
+    let send = |entries| async move {
+        let out = request.set_entries(Some(entries)).send().await;
+        out.map(|o| o.failed)
+    };
+    settle("ChangeMessageVisibilityBatch", url, messages, entry, send).await
 }
 
-/// One batch entry per message, numbered within the batch.
-fn entries<T, E>(
+/// One batch call for `messages` (none for no messages): an entry per
+/// message, numbered within the batch; the first entry SQS refused is the error.
+async fn settle<T, E, S, F, Fut>(
     operation: &'static str,
     url: &str,
     messages: &[&Message],
-    build: impl Fn(String, String) -> Result<T, E>,
-) -> Result<Vec<T>, WiringError>
+    entry: impl Fn(String, String) -> Result<T, E>,
+    send: F,
+) -> Result<(), WiringError>
 where
     E: std::error::Error + 'static,
+    S: std::error::Error + 'static,
+    F: FnOnce(Vec<T>) -> Fut,
+    Fut: Future<Output = Result<Vec<BatchResultErrorEntry>, S>>,
 {
-    messages
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let entries = messages
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            build(i.to_string(), m.receipt_handle.clone().unwrap_or_default())
+            entry(i.to_string(), m.receipt_handle.clone().unwrap_or_default())
                 .map_err(|e| sqs_err(operation, url, e))
         })
-        .collect()
-}
-
-fn first_failure(
-    operation: &'static str,
-    url: &str,
-    failed: &[BatchResultErrorEntry],
-) -> Result<(), WiringError> {
+        .collect::<Result<Vec<_>, _>>()?;
+    let failed = send(entries)
+        .await
+        .map_err(|e| sqs_err(operation, url, e))?;
     match failed.first() {
         Some(f) => Err(WiringError::Sqs {
             operation,
