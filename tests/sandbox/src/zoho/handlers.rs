@@ -302,6 +302,19 @@ fn too_many_requests() -> Response {
     )
 }
 
+/// The gate, then the records: what every CRM write call passes before its
+/// records are looked at. The guard counts the call in flight until dropped.
+async fn admit(
+    shared: &Arc<Shared>,
+    endpoint: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(InFlight, Value, Vec<Value>), Box<Response>> {
+    let guard = gate(shared, endpoint, headers).await?;
+    let (doc, data) = records(body)?;
+    Ok((guard, doc, data))
+}
+
 /// Parses `{"data": [...]}` with 1..=100 records, or answers the top-level error.
 fn records(body: &Bytes) -> Result<(Value, Vec<Value>), Box<Response>> {
     let doc: Value = serde_json::from_slice(body).map_err(|_| {
@@ -338,6 +351,25 @@ fn records(body: &Bytes) -> Result<(Value, Vec<Value>), Box<Response>> {
     }
     let data = data.clone();
     Ok((doc, data))
+}
+
+/// Record `i` as an object, unless it is not one or a forced fault rejects it.
+fn record_object<'a>(
+    faults: &Faults,
+    rec: &'a Value,
+    i: usize,
+) -> Result<&'a Map<String, Value>, Value> {
+    let Some(rec) = rec.as_object() else {
+        return Err(record_error(
+            "INVALID_DATA",
+            "invalid data",
+            json!({"json_path": format!("$.data[{i}]")}),
+        ));
+    };
+    match rejected(faults, rec, i) {
+        Some(err) => Err(err),
+        None => Ok(rec),
+    }
 }
 
 fn record_error(code: &str, message: &str, details: Value) -> Value {
@@ -404,11 +436,8 @@ async fn upsert_contacts(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let _guard = match gate(&shared, ENDPOINT_CONTACTS_UPSERT, &headers).await {
-        Ok(g) => g,
-        Err(r) => return *r,
-    };
-    let (doc, data) = match records(&body) {
+    let (_guard, doc, data) = match admit(&shared, ENDPOINT_CONTACTS_UPSERT, &headers, &body).await
+    {
         Ok(v) => v,
         Err(r) => return *r,
     };
@@ -431,16 +460,10 @@ async fn upsert_contacts(
 }
 
 fn upsert_one(s: &mut State, i: usize, rec: &Value, dup_fields: &[String]) -> Value {
-    let Some(rec) = rec.as_object() else {
-        return record_error(
-            "INVALID_DATA",
-            "invalid data",
-            json!({"json_path": format!("$.data[{i}]")}),
-        );
+    let rec = match record_object(&s.faults, rec, i) {
+        Ok(rec) => rec,
+        Err(err) => return err,
     };
-    if let Some(err) = rejected(&s.faults, rec, i) {
-        return err;
-    }
     if let Some(phone) = rec.get("Phone").and_then(Value::as_str) {
         if phone.chars().any(char::is_alphabetic) {
             return record_error(
@@ -500,11 +523,7 @@ async fn create_sales_orders(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let _guard = match gate(&shared, ENDPOINT_SALES_ORDERS, &headers).await {
-        Ok(g) => g,
-        Err(r) => return *r,
-    };
-    let (_, data) = match records(&body) {
+    let (_guard, _, data) = match admit(&shared, ENDPOINT_SALES_ORDERS, &headers, &body).await {
         Ok(v) => v,
         Err(r) => return *r,
     };
@@ -535,16 +554,10 @@ async fn create_sales_orders(
 }
 
 fn create_order(s: &mut State, i: usize, rec: &Value) -> Value {
-    let Some(rec) = rec.as_object() else {
-        return record_error(
-            "INVALID_DATA",
-            "invalid data",
-            json!({"json_path": format!("$.data[{i}]")}),
-        );
+    let rec = match record_object(&s.faults, rec, i) {
+        Ok(rec) => rec,
+        Err(err) => return err,
     };
-    if let Some(err) = rejected(&s.faults, rec, i) {
-        return err;
-    }
     if let Some(err) = missing_order_field(rec, i)
         .or_else(|| unknown_contact(s, rec, i))
         .or_else(|| duplicate_order(s, rec, i))
