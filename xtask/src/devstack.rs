@@ -7,12 +7,13 @@ use std::{path::Path, time::Duration};
 use anyhow::{Context, Result};
 use sandbox::{
     kommo::{KommoOptions, KommoSandbox},
-    wiring::{self, ProvisionSpec, Provisioned},
     zoho::{ZohoOptions, ZohoSandbox},
 };
+use wiring::{ProvisionSpec, Provisioned};
 
 use crate::stack;
 
+#[derive(Clone, Copy)]
 pub struct DevOptions {
     pub leads: usize,
     pub contacts: usize,

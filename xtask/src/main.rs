@@ -9,6 +9,8 @@ mod bench;
 mod demo;
 mod dev;
 mod devstack;
+mod events;
+mod local;
 mod stack;
 
 use std::{
@@ -68,8 +70,8 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Test { args } => test(&args),
         Task::Migrate => migrate(),
-        Task::Demo => demo::demo(),
-        Task::Events => demo::events(),
+        Task::Demo => demo::run(),
+        Task::Events => events::run(),
         Task::Dev {
             port,
             tick_seconds,
@@ -193,7 +195,7 @@ fn test(extra: &[String]) -> Result<()> {
         std::env::set_var(k, v);
     }
     eprintln!("\nxtask: ── sample events through cargo lambda watch ──");
-    demo::events()?;
+    events::run()?;
     eprintln!("\nxtask: ── cargo xtask bench --smoke ──");
     bench::run_smoke(&pg.admin_url, &aws_env)?;
     eprintln!("\nxtask: all checks passed");

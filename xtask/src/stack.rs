@@ -166,41 +166,57 @@ pub fn postgres(workdir: &Path) -> Result<Postgres> {
     let data = dir.join("data");
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let root = is_root();
-    // initdb refuses to run as root, so the cluster belongs to `postgres`.
-    let as_pg = |program: PathBuf| -> Command {
-        if root {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(program);
-            c
-        } else {
-            Command::new(program)
-        }
-    };
     if root {
-        let ok = Command::new("chown")
-            .args(["-R", "postgres"])
-            .arg(&dir)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            bail!(
-                "running as root, but the `postgres` user cannot own {}. Create the user \
-                 (useradd --system postgres) or set DATABASE_URL.",
-                dir.display()
-            );
-        }
-        // The parents must be traversable by `postgres`.
-        let mut p = dir.parent();
-        while let Some(d) = p {
-            if d == Path::new("/") {
-                break;
-            }
-            let _ = Command::new("chmod").arg("o+x").arg(d).status();
-            p = d.parent();
-        }
+        hand_to_postgres_user(&dir)?;
     }
-    let out = as_pg(bin.join("initdb"))
+    initdb(&bin, &data, root)?;
+    start_cluster(&bin, &dir, port, root)?;
+    eprintln!("xtask: PostgreSQL started on 127.0.0.1:{port}");
+    Ok(Postgres {
+        admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+    })
+}
+
+/// `program` run as the `postgres` user when we are root: initdb refuses to
+/// run as root, so the cluster belongs to `postgres`.
+fn pg_command(program: &Path, root: bool) -> Command {
+    if root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Gives `dir` to the `postgres` user and makes its parents traversable.
+fn hand_to_postgres_user(dir: &Path) -> Result<()> {
+    let ok = Command::new("chown")
+        .args(["-R", "postgres"])
+        .arg(dir)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        bail!(
+            "running as root, but the `postgres` user cannot own {}. Create the user \
+             (useradd --system postgres) or set DATABASE_URL.",
+            dir.display()
+        );
+    }
+    let mut p = dir.parent();
+    while let Some(d) = p {
+        if d == Path::new("/") {
+            break;
+        }
+        let _ = Command::new("chmod").arg("o+x").arg(d).status();
+        p = d.parent();
+    }
+    Ok(())
+}
+
+fn initdb(bin: &Path, data: &Path, root: bool) -> Result<()> {
+    let out = pg_command(&bin.join("initdb"), root)
         .args([
             "-A",
             "trust",
@@ -211,7 +227,7 @@ pub fn postgres(workdir: &Path) -> Result<Postgres> {
             "--no-sync",
             "-D",
         ])
-        .arg(&data)
+        .arg(data)
         .output()
         .context("run initdb")?;
     if !out.status.success() {
@@ -220,13 +236,21 @@ pub fn postgres(workdir: &Path) -> Result<Postgres> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
+    Ok(())
+}
+
+/// Starts the cluster in `dir` on `port` and registers its stop (which also
+/// removes `dir`), even when the start fails half way.
+fn start_cluster(bin: &Path, dir: &Path, port: u16, root: bool) -> Result<()> {
+    let data = dir.join("data");
     let opts = format!(
         "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
          -c full_page_writes=off -c max_connections=400 -c shared_buffers=256MB",
         dir.display()
     );
     let log = dir.join("postgres.log");
-    let out = as_pg(bin.join("pg_ctl"))
+    let pg_ctl = bin.join("pg_ctl");
+    let out = pg_command(&pg_ctl, root)
         .arg("-D")
         .arg(&data)
         .args(["-o", &opts, "-l"])
@@ -235,20 +259,11 @@ pub fn postgres(workdir: &Path) -> Result<Postgres> {
         .stdout(Stdio::null())
         .output()
         .context("run pg_ctl start")?;
-    let pg_ctl = bin.join("pg_ctl");
-    let data_c = data.clone();
-    let dir_c = dir.clone();
+    let dir_c = dir.to_path_buf();
     register(move || {
-        let mut c = if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
-            c
-        } else {
-            Command::new(&pg_ctl)
-        };
-        let _ = c
+        let _ = pg_command(&pg_ctl, root)
             .arg("-D")
-            .arg(&data_c)
+            .arg(&data)
             .args(["-m", "immediate", "-w", "stop"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -264,11 +279,8 @@ pub fn postgres(workdir: &Path) -> Result<Postgres> {
             tail
         );
     }
-    eprintln!("xtask: PostgreSQL started on 127.0.0.1:{port}");
     note_log("PostgreSQL", log);
-    Ok(Postgres {
-        admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
-    })
+    Ok(())
 }
 
 /// Makes sure a Python tool is installed, installing `package` with pip if not.

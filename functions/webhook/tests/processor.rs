@@ -575,7 +575,7 @@ async fn queue_with_dlq(sqs: &aws_sdk_sqs::Client, max_receive: u32) -> (String,
 
 #[tokio::test]
 async fn after_the_receive_limit_the_delivery_is_in_the_dlq_and_the_events_table_says_why() {
-    use sandbox::wiring::{InProcess, Invoker, PumpConfig, SqsPump};
+    use wiring::{InProcess, Invoker, PumpConfig, SqsPump};
 
     let w = World::new().await;
     let (main, dlq) = queue_with_dlq(&w.sqs, 2).await;

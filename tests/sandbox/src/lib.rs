@@ -6,5 +6,4 @@
 //! last page, errors as HTTP 200 from Zoho's token endpoint).
 
 pub mod kommo;
-pub mod wiring;
 pub mod zoho;

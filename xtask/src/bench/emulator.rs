@@ -84,19 +84,8 @@ async fn serve(
 ) -> Result<()> {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let head_end = loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        if buf.len() > 64 * 1024 {
-            anyhow::bail!("request head too large");
-        }
+    let Some(head_end) = read_head(&mut stream, &mut buf).await? else {
+        return Ok(());
     };
     let arrived = Instant::now();
     let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
@@ -108,55 +97,17 @@ async fn serve(
     if method == "GET" && path.ends_with("/runtime/invocation/next") {
         let _ = tx.send(RuntimeCall::Next(arrived));
         // Held open until the process goes away: no event is ever served.
+        let mut chunk = [0u8; 1024];
         while stream.read(&mut chunk).await.unwrap_or(0) > 0 {}
         return Ok(());
     }
 
-    let length = header(&head, "content-length")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(0)
-        .min(1024 * 1024);
-    let mut body = buf[head_end..].to_vec();
-    while body.len() < length {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
+    let body = read_body(&mut stream, &head, buf[head_end..].to_vec()).await?;
     let target = header(&head, "x-amz-target").unwrap_or_default();
     if method == "POST" && target == "secretsmanager.GetSecretValue" {
-        let id = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["SecretId"].as_str().map(str::to_string))
-            .unwrap_or_default();
-        let (status, answer) = match secrets.get(&id) {
-            Some(text) => (
-                "200 OK",
-                serde_json::json!({
-                    "ARN": format!("arn:aws:secretsmanager:us-east-1:000000000000:secret:{id}-AbCdEf"),
-                    "Name": id,
-                    "VersionId": "00000000-0000-4000-8000-000000000001",
-                    "SecretString": text,
-                    "VersionStages": ["AWSCURRENT"],
-                    "CreatedDate": 1_795_000_000.0,
-                }),
-            ),
-            None => (
-                "400 Bad Request",
-                serde_json::json!({
-                    "__type": "ResourceNotFoundException",
-                    "message": "Secrets Manager can't find the specified secret.",
-                }),
-            ),
-        };
-        let text = answer.to_string();
-        let reply = format!(
-            "HTTP/1.1 {status}\r\ncontent-type: application/x-amz-json-1.1\r\n\
-             content-length: {}\r\nconnection: close\r\n\r\n{text}",
-            text.len()
-        );
-        stream.write_all(reply.as_bytes()).await?;
+        stream
+            .write_all(secret_value_reply(secrets, &body).as_bytes())
+            .await?;
     } else if method == "POST" && path.ends_with("/runtime/init/error") {
         let _ = tx.send(RuntimeCall::InitError(
             String::from_utf8_lossy(&body).into_owned(),
@@ -170,6 +121,77 @@ async fn serve(
             .await?;
     }
     Ok(())
+}
+
+/// Reads into `buf` up to the end of the request head; returns where the
+/// body starts, or `None` when the client closed first.
+async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<usize>> {
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            return Ok(Some(i + 4));
+        }
+        if buf.len() > 64 * 1024 {
+            anyhow::bail!("request head too large");
+        }
+    }
+}
+
+/// The body, from what came with the head (`body`) and the rest of
+/// `content-length` (capped at 1 MiB).
+async fn read_body(stream: &mut TcpStream, head: &str, mut body: Vec<u8>) -> Result<Vec<u8>> {
+    let length = header(head, "content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(1024 * 1024);
+    let mut chunk = [0u8; 1024];
+    while body.len() < length {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Ok(body)
+}
+
+/// Secrets Manager's answer to `GetSecretValue` with the request `body`.
+fn secret_value_reply(secrets: &HashMap<String, String>, body: &[u8]) -> String {
+    let id = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["SecretId"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let (status, answer) = match secrets.get(&id) {
+        Some(text) => (
+            "200 OK",
+            serde_json::json!({
+                "ARN": format!("arn:aws:secretsmanager:us-east-1:000000000000:secret:{id}-AbCdEf"),
+                "Name": id,
+                "VersionId": "00000000-0000-4000-8000-000000000001",
+                "SecretString": text,
+                "VersionStages": ["AWSCURRENT"],
+                "CreatedDate": 1_795_000_000.0,
+            }),
+        ),
+        None => (
+            "400 Bad Request",
+            serde_json::json!({
+                "__type": "ResourceNotFoundException",
+                "message": "Secrets Manager can't find the specified secret.",
+            }),
+        ),
+    };
+    let text = answer.to_string();
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/x-amz-json-1.1\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{text}",
+        text.len()
+    )
 }
 
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {

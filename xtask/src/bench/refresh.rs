@@ -197,67 +197,85 @@ fn account(leads: usize, contacts: usize, year: i32) -> data::AccountData {
 /// The rows one run staged, read back and cut into the worker's pages.
 async fn staged_pages(db: &TestDb, run_id: Uuid, page_size: usize) -> Result<Vec<StagedPage>> {
     let c = db.client().await;
-    let leads: Vec<StagedLead> = c
-        .query(
-            "SELECT lead_id, payload, contact_id, vehicle_enum_id, source_enum_id, created_at,
-                    updated_at, name, status_id, pipeline_id, price, responsible_user_id,
-                    owner_id, booking_status, excluded, start_at, end_at, lead_source, closed_at
-               FROM stg_kommo_leads WHERE run_id = $1 ORDER BY lead_id",
-            &[&run_id],
-        )
-        .await?
-        .iter()
-        .map(|r| StagedLead {
-            lead_id: r.get(0),
-            payload: r.get(1),
-            contact_id: r.get(2),
-            vehicle_enum_id: r.get(3),
-            source_enum_id: r.get(4),
-            created_at: r.get::<_, Option<DateTime<Utc>>>(5),
-            updated_at: r.get::<_, Option<DateTime<Utc>>>(6),
-            name: r.get(7),
-            status_id: r.get::<_, Option<i64>>(8).unwrap_or_default(),
-            pipeline_id: r.get(9),
-            price: r.get(10),
-            responsible_user_id: r.get(11),
-            owner_id: r.get(12),
-            booking_status: r.get::<_, Option<String>>(13).unwrap_or_default(),
-            excluded: r.get(14),
-            start_at: r.get(15),
-            end_at: r.get(16),
-            lead_source: r.get(17),
-            closed_at: r.get(18),
-        })
-        .collect();
-    let mut contacts: HashMap<i64, StagedContact> = c
-        .query(
-            "SELECT contact_id, payload, full_name, first_name, last_name, email, phone,
-                    phone_normalized, updated_at
-               FROM stg_kommo_contacts WHERE run_id = $1",
-            &[&run_id],
-        )
-        .await?
-        .iter()
-        .map(|r| {
-            let id: i64 = r.get(0);
-            (
-                id,
-                StagedContact {
-                    contact: MappedContact {
-                        contact_id: id,
-                        full_name: r.get::<_, Option<String>>(2).unwrap_or_default(),
-                        first_name: r.get(3),
-                        last_name: r.get(4),
-                        email: r.get(5),
-                        phone: r.get(6),
-                        phone_normalized: r.get(7),
-                        updated_at: r.get(8),
-                    },
-                    payload: r.get(1),
+    let leads = staged_leads(&c, run_id).await?;
+    let contacts = staged_contacts(&c, run_id).await?;
+    let vehicles = staged_vehicles(&c, run_id).await?;
+    Ok(into_pages(leads, contacts, vehicles, page_size))
+}
+
+async fn staged_leads(c: &tokio_postgres::Client, run_id: Uuid) -> Result<Vec<StagedLead>> {
+    Ok(c.query(
+        "SELECT lead_id, payload, contact_id, vehicle_enum_id, source_enum_id, created_at,
+                updated_at, name, status_id, pipeline_id, price, responsible_user_id,
+                owner_id, booking_status, excluded, start_at, end_at, lead_source, closed_at
+           FROM stg_kommo_leads WHERE run_id = $1 ORDER BY lead_id",
+        &[&run_id],
+    )
+    .await?
+    .iter()
+    .map(|r| StagedLead {
+        lead_id: r.get(0),
+        payload: r.get(1),
+        contact_id: r.get(2),
+        vehicle_enum_id: r.get(3),
+        source_enum_id: r.get(4),
+        created_at: r.get::<_, Option<DateTime<Utc>>>(5),
+        updated_at: r.get::<_, Option<DateTime<Utc>>>(6),
+        name: r.get(7),
+        status_id: r.get::<_, Option<i64>>(8).unwrap_or_default(),
+        pipeline_id: r.get(9),
+        price: r.get(10),
+        responsible_user_id: r.get(11),
+        owner_id: r.get(12),
+        booking_status: r.get::<_, Option<String>>(13).unwrap_or_default(),
+        excluded: r.get(14),
+        start_at: r.get(15),
+        end_at: r.get(16),
+        lead_source: r.get(17),
+        closed_at: r.get(18),
+    })
+    .collect())
+}
+
+async fn staged_contacts(
+    c: &tokio_postgres::Client,
+    run_id: Uuid,
+) -> Result<HashMap<i64, StagedContact>> {
+    Ok(c.query(
+        "SELECT contact_id, payload, full_name, first_name, last_name, email, phone,
+                phone_normalized, updated_at
+           FROM stg_kommo_contacts WHERE run_id = $1",
+        &[&run_id],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        let id: i64 = r.get(0);
+        (
+            id,
+            StagedContact {
+                contact: MappedContact {
+                    contact_id: id,
+                    full_name: r.get::<_, Option<String>>(2).unwrap_or_default(),
+                    first_name: r.get(3),
+                    last_name: r.get(4),
+                    email: r.get(5),
+                    phone: r.get(6),
+                    phone_normalized: r.get(7),
+                    updated_at: r.get(8),
                 },
-            )
-        })
-        .collect();
+                payload: r.get(1),
+            },
+        )
+    })
+    .collect())
+}
+
+/// The staged vehicles by lead.
+async fn staged_vehicles(
+    c: &tokio_postgres::Client,
+    run_id: Uuid,
+) -> Result<BTreeMap<i64, Vec<StagedVehicle>>> {
     let mut vehicles: BTreeMap<i64, Vec<StagedVehicle>> = BTreeMap::new();
     for r in c
         .query(
@@ -275,7 +293,17 @@ async fn staged_pages(db: &TestDb, run_id: Uuid, page_size: usize) -> Result<Vec
         };
         vehicles.entry(v.lead_id).or_default().push(v);
     }
-    // A contact goes with the first page that needs it, as the worker stages it.
+    Ok(vehicles)
+}
+
+/// Pages of `page_size` leads. A contact goes with the first page that
+/// needs it, as the worker stages it; the unclaimed rest goes with the last.
+fn into_pages(
+    leads: Vec<StagedLead>,
+    mut contacts: HashMap<i64, StagedContact>,
+    mut vehicles: BTreeMap<i64, Vec<StagedVehicle>>,
+    page_size: usize,
+) -> Vec<StagedPage> {
     let mut pages = Vec::new();
     for chunk in leads.chunks(page_size.max(1)) {
         let mut page = StagedPage::default();
@@ -293,7 +321,7 @@ async fn staged_pages(db: &TestDb, run_id: Uuid, page_size: usize) -> Result<Vec
         last.contacts.extend(contacts.into_values());
         last.vehicles.extend(vehicles.into_values().flatten());
     }
-    Ok(pages)
+    pages
 }
 
 /// Stages `pages` under a new run, one transaction per page; returns seconds.
@@ -324,7 +352,71 @@ async fn refresh_db() -> TestDb {
     db
 }
 
+/// The account the refresh reads: its year and how many of its leads count.
+struct Account {
+    kommo: KommoSandbox,
+    year: i32,
+    contacts: usize,
+    in_year: usize,
+    importable: usize,
+}
+
+/// One refresh run in the child, and the requests it made to the sandbox.
+struct Measured {
+    result: ChildResult,
+    requests: u64,
+}
+
+/// The staging load of one run's rows, both ways.
+struct StagingComparison {
+    rows: usize,
+    pages: usize,
+    copy_s: f64,
+    rows_s: f64,
+}
+
 pub async fn run(b: &mut Bench) -> Result<()> {
+    let account = start_account(b).await?;
+
+    // 1. Zero latency, client rate limit lifted: the refresh's own cost.
+    let db = refresh_db().await;
+    let spec = ChildSpec {
+        db_url: db.url.clone(),
+        kommo_url: account.kommo.base_url(),
+        token: account.kommo.token().to_string(),
+        year: account.year,
+        rate_per_second: 10_000,
+    };
+    let fast = measure(&account.kommo, &spec, "the full refresh").await?;
+    if (fast.result.leads as usize) + (fast.result.skipped as usize) < account.importable {
+        bail!(
+            "the refresh staged {} of {} importable leads ({} skipped)",
+            fast.result.leads,
+            account.importable,
+            fast.result.skipped
+        );
+    }
+
+    // 2. The same load, staged page by page: COPY against one INSERT per row.
+    let staging = compare_staging(&db, fast.result.run_id, account.year).await?;
+
+    // 3. Kommo's 7 req/s, against the floor that limit sets.
+    let db7 = refresh_db().await;
+    let limited = ChildSpec {
+        db_url: db7.url.clone(),
+        rate_per_second: KOMMO_RATE,
+        ..spec.clone()
+    };
+    let limited = measure(&account.kommo, &limited, "the rate-limited full refresh").await?;
+
+    push_refresh_rows(b, &account, &fast);
+    push_staging_row(b, &staging);
+    push_rate_row(b, &limited);
+    Ok(())
+}
+
+/// The Kommo sandbox with last year's leads, the year the refresh imports.
+async fn start_account(b: &Bench) -> Result<Account> {
     let (n, contacts) = (b.sizes.refresh_leads, b.sizes.refresh_contacts);
     let year = Utc::now().year() - 1;
     let opts = KommoOptions {
@@ -342,73 +434,66 @@ pub async fn run(b: &mut Bench) -> Result<()> {
         .iter()
         .filter(|l| l.status_id != data::STATUS_LOST)
         .count();
-
-    // 1. Zero latency, client rate limit lifted: the refresh's own cost.
-    let db = refresh_db().await;
-    kommo.reset_stats();
-    let spec = ChildSpec {
-        db_url: db.url.clone(),
-        kommo_url: kommo.base_url(),
-        token: kommo.token().to_string(),
+    Ok(Account {
+        kommo,
         year,
-        rate_per_second: 10_000,
-    };
-    let fast = run_child(&spec).await?;
-    if fast.status != RunStatus::Succeeded.as_str() {
-        bail!("the full refresh ended {}", fast.status);
-    }
-    if (fast.leads as usize) + (fast.skipped as usize) < importable {
-        bail!(
-            "the refresh staged {} of {importable} importable leads ({} skipped)",
-            fast.leads,
-            fast.skipped
-        );
-    }
-    let fast_requests = kommo.stats().total;
-    let rss_mib = fast.vm_hwm_kib as f64 / 1024.0;
+        contacts,
+        in_year,
+        importable,
+    })
+}
 
-    // 2. The same load, staged page by page: COPY against one INSERT per row.
-    let pages = staged_pages(
-        &db,
-        fast.run_id,
-        RefreshSettings::default().page_limit as usize,
-    )
-    .await?;
+/// Runs the refresh child on `spec`; `what` must succeed.
+async fn measure(kommo: &KommoSandbox, spec: &ChildSpec, what: &str) -> Result<Measured> {
+    kommo.reset_stats();
+    let result = run_child(spec).await?;
+    if result.status != RunStatus::Succeeded.as_str() {
+        bail!("{what} ended {}", result.status);
+    }
+    Ok(Measured {
+        result,
+        requests: kommo.stats().total,
+    })
+}
+
+async fn compare_staging(db: &TestDb, run_id: Uuid, year: i32) -> Result<StagingComparison> {
+    let pages = staged_pages(db, run_id, RefreshSettings::default().page_limit as usize).await?;
     let rows: usize = pages
         .iter()
         .map(|p| p.leads.len() + p.contacts.len() + p.vehicles.len())
         .sum();
-    let copy_s = load(&db, year, &pages, StagingMethod::BinaryCopy).await?;
-    let rows_s = load(&db, year, &pages, StagingMethod::RowInserts).await?;
-    let speedup = rows_s / copy_s;
-
-    // 3. Kommo's 7 req/s, against the floor that limit sets.
-    let db7 = refresh_db().await;
-    kommo.reset_stats();
-    let limited = run_child(&ChildSpec {
-        db_url: db7.url.clone(),
-        rate_per_second: KOMMO_RATE,
-        ..spec.clone()
+    let copy_s = load(db, year, &pages, StagingMethod::BinaryCopy).await?;
+    let rows_s = load(db, year, &pages, StagingMethod::RowInserts).await?;
+    Ok(StagingComparison {
+        rows,
+        pages: pages.len(),
+        copy_s,
+        rows_s,
     })
-    .await?;
-    if limited.status != RunStatus::Succeeded.as_str() {
-        bail!("the rate-limited full refresh ended {}", limited.status);
-    }
-    let limited_requests = kommo.stats().total;
-    let floor = limited_requests as f64 / f64::from(KOMMO_RATE);
-    let off = (limited.seconds - floor).abs() / floor;
+}
 
-    let size = format!("{} leads + {} contacts", fast.leads, fast.contacts);
+/// The unthrottled refresh's time and peak memory.
+fn push_refresh_rows(b: &mut Bench, account: &Account, fast: &Measured) {
+    let Account {
+        year,
+        contacts,
+        in_year,
+        importable,
+        ..
+    } = account;
+    let (r, fast_requests) = (&fast.result, fast.requests);
+    let rss_mib = r.vm_hwm_kib as f64 / 1024.0;
+    let size = format!("{} leads + {} contacts", r.leads, r.contacts);
     b.push(
         RowBuilder::new(
             "full refresh",
             format!("fetch → swap, {size}"),
-            Quantity::new(fast.seconds, "s"),
+            Quantity::new(r.seconds, "s"),
         )
         .baseline("limit", Quantity::new(TIME_TARGET_S, "s"))
         .target(
             format!("< {TIME_TARGET_S:.0} s"),
-            fast.seconds < TIME_TARGET_S,
+            r.seconds < TIME_TARGET_S,
             b.judged(),
         )
         .detail(format!(
@@ -416,7 +501,7 @@ pub async fn run(b: &mut Bench) -> Result<()> {
              client rate limit lifted; {fast_requests} requests, {} pages, {} vehicles, \
              {} records refused by the mapping; \
              the worker reports {} ms writing staging and {} ms swapping",
-            fast.pages, fast.vehicles, fast.skipped, fast.staging_ms, fast.swap_ms
+            r.pages, r.vehicles, r.skipped, r.staging_ms, r.swap_ms
         ))
         .build(),
     );
@@ -435,13 +520,17 @@ pub async fn run(b: &mut Bench) -> Result<()> {
         .detail("VmHWM of a child process that ran only the refresh (sandbox in the parent)")
         .build(),
     );
+}
+
+fn push_staging_row(b: &mut Bench, s: &StagingComparison) {
+    let speedup = s.rows_s / s.copy_s;
     b.push(
         RowBuilder::new(
             "full refresh",
-            format!("staging load, binary COPY ({rows} rows)"),
-            Quantity::new(copy_s, "s"),
+            format!("staging load, binary COPY ({} rows)", s.rows),
+            Quantity::new(s.copy_s, "s"),
         )
-        .baseline("one INSERT per row", Quantity::new(rows_s, "s"))
+        .baseline("one INSERT per row", Quantity::new(s.rows_s, "s"))
         .ratio(Some(speedup))
         .target(
             format!("≥ {SPEEDUP_TARGET:.0}× faster"),
@@ -451,17 +540,24 @@ pub async fn run(b: &mut Bench) -> Result<()> {
         .detail(format!(
             "the rows of the run above, {} pages, one transaction per page; ratio = speed-up; \
              {:.0} vs {:.0} rows/s",
-            pages.len(),
-            rows as f64 / copy_s,
-            rows as f64 / rows_s
+            s.pages,
+            s.rows as f64 / s.copy_s,
+            s.rows as f64 / s.rows_s
         ))
         .build(),
     );
+}
+
+/// The refresh at Kommo's rate against the floor of requests / rate.
+fn push_rate_row(b: &mut Bench, limited: &Measured) {
+    let limited_requests = limited.requests;
+    let floor = limited_requests as f64 / f64::from(KOMMO_RATE);
+    let off = (limited.result.seconds - floor).abs() / floor;
     b.push(
         RowBuilder::new(
             "full refresh",
             format!("fetch → swap at {KOMMO_RATE} req/s"),
-            Quantity::new(limited.seconds, "s"),
+            Quantity::new(limited.result.seconds, "s"),
         )
         .baseline(
             format!("requests / {KOMMO_RATE} ({limited_requests} requests)"),
@@ -474,9 +570,8 @@ pub async fn run(b: &mut Bench) -> Result<()> {
         )
         .detail(format!(
             "client at KOMMO_RATE_PER_SECOND={KOMMO_RATE}; peak RSS {:.1} MiB",
-            limited.vm_hwm_kib as f64 / 1024.0
+            limited.result.vm_hwm_kib as f64 / 1024.0
         ))
         .build(),
     );
-    Ok(())
 }

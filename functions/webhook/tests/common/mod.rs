@@ -16,7 +16,7 @@ use webhook::{
     SecretSource,
 };
 
-/// The token the sample events in `events/` carry (the dev stack's default, `sandbox::wiring::ProvisionSpec::local`).
+/// The token the sample events in `events/` carry (the dev stack's default, `wiring::ProvisionSpec::local`).
 pub const TOKEN: &str = "sandbox-webhook-token";
 /// The account id the sample events carry.
 pub const ACCOUNT_ID: i64 = 31_361_463;

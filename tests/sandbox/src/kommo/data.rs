@@ -585,6 +585,8 @@ fn gen_contact(rng: &mut StdRng, id: i64, reference_year: i32) -> SandboxContact
     c
 }
 
+// Each step draws from `rng` in a fixed order, so a seed keeps giving the
+// same account; a new draw goes at the end of `gen_lead`.
 fn gen_lead(
     rng: &mut StdRng,
     id: i64,
@@ -597,9 +599,43 @@ fn gen_lead(
     } else {
         &pipelines[1]
     };
-    // Weighted toward open statuses, with enough excluded and lost leads to matter.
+    let status_id = gen_status(rng, pipeline);
+    let user = USERS[rng.random_range(0..USERS.len())].0;
+    let mut lead = SandboxLead::new(id, "", pipeline.id, status_id, created_at);
+    lead.name = if rng.random_bool(0.05) {
+        String::new()
+    } else {
+        format!("Booking #{}", id - FIRST_LEAD_ID + 1)
+    };
+    lead.price = rng.random_range(0..40) * 50;
+    lead.responsible_user_id = user;
+    lead.created_by = if rng.random_bool(0.3) { 0 } else { user };
+    lead.updated_by = user;
+    lead.updated_at = created_at + rng.random_range(0..86_400 * 30);
+    if status_id == STATUS_WON || status_id == STATUS_LOST {
+        lead.closed_at = Some(lead.updated_at);
+    }
+    let fields = gen_lead_fields(rng, created_at);
+    lead.custom_fields_values = if fields.is_empty() {
+        None
+    } else {
+        Some(fields)
+    };
+    lead.contact_ids = gen_lead_contacts(rng, contact_count);
+    if rng.random_bool(0.25) {
+        lead.catalog_elements.push(CatalogLink {
+            id: 525_000 + rng.random_range(0..500),
+            catalog_id: 4521,
+            quantity: if rng.random_bool(0.5) { 1.0 } else { 1.5 },
+        });
+    }
+    lead
+}
+
+/// Weighted toward open statuses, with enough excluded and lost leads to matter.
+fn gen_status(rng: &mut StdRng, pipeline: &Pipeline) -> i64 {
     let roll: f64 = rng.random();
-    let status_id = if roll < 0.12 {
+    if roll < 0.12 {
         STATUS_LOST
     } else if roll < 0.30 {
         STATUS_WON
@@ -622,23 +658,10 @@ fn gen_lead(
             })
             .collect();
         open[rng.random_range(0..open.len())].id
-    };
-    let user = USERS[rng.random_range(0..USERS.len())].0;
-    let mut lead = SandboxLead::new(id, "", pipeline.id, status_id, created_at);
-    lead.name = if rng.random_bool(0.05) {
-        String::new()
-    } else {
-        format!("Booking #{}", id - FIRST_LEAD_ID + 1)
-    };
-    lead.price = rng.random_range(0..40) * 50;
-    lead.responsible_user_id = user;
-    lead.created_by = if rng.random_bool(0.3) { 0 } else { user };
-    lead.updated_by = user;
-    lead.updated_at = created_at + rng.random_range(0..86_400 * 30);
-    if status_id == STATUS_WON || status_id == STATUS_LOST {
-        lead.closed_at = Some(lead.updated_at);
     }
+}
 
+fn gen_lead_fields(rng: &mut StdRng, created_at: i64) -> Vec<CustomFieldValue> {
     let mut fields = Vec::new();
     let delivery = created_at + rng.random_range(3_600..86_400 * 45);
     let collect = delivery + rng.random_range(1..15) * 86_400;
@@ -686,30 +709,23 @@ fn gen_lead(
             values: vec![json!({ "value": rng.random_range(1..5).to_string() })],
         });
     }
-    lead.custom_fields_values = if fields.is_empty() {
-        None
-    } else {
-        Some(fields)
-    };
+    fields
+}
 
+/// Usually one contact, sometimes a second one.
+fn gen_lead_contacts(rng: &mut StdRng, contact_count: usize) -> Vec<i64> {
+    let mut ids = Vec::new();
     if contact_count > 0 && rng.random_bool(0.95) {
         let main = FIRST_CONTACT_ID + rng.random_range(0..contact_count) as i64;
-        lead.contact_ids.push(main);
+        ids.push(main);
         if rng.random_bool(0.1) {
             let other = FIRST_CONTACT_ID + rng.random_range(0..contact_count) as i64;
             if other != main {
-                lead.contact_ids.push(other);
+                ids.push(other);
             }
         }
     }
-    if rng.random_bool(0.25) {
-        lead.catalog_elements.push(CatalogLink {
-            id: 525_000 + rng.random_range(0..500),
-            catalog_id: 4521,
-            quantity: if rng.random_bool(0.5) { 1.0 } else { 1.5 },
-        });
-    }
-    lead
+    ids
 }
 
 #[cfg(test)]

@@ -91,33 +91,52 @@ async fn token(
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Response {
-    // Zoho accepts the parameters in the query string and in a form body.
+    let params = token_params(query, &body);
+    let param = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
+    let mut s = shared.lock();
+    *s.calls.entry(ENDPOINT_TOKEN.to_string()).or_default() += 1;
+    let refused = [
+        ("grant_type", "refresh_token", "unsupported_grant_type"),
+        ("client_id", s.opts.client_id.as_str(), "invalid_client"),
+        (
+            "client_secret",
+            s.opts.client_secret.as_str(),
+            "invalid_client_secret",
+        ),
+        (
+            "refresh_token",
+            s.opts.refresh_token.as_str(),
+            "invalid_code",
+        ),
+    ]
+    .into_iter()
+    .find(|(name, want, _)| param(name) != *want);
+    if let Some((_, _, code)) = refused {
+        return token_error(code);
+    }
+    let now = Instant::now();
+    if let Some(throttled) = throttle_refresh(&mut s, now) {
+        return throttled;
+    }
+    issue_token(&mut s, now)
+}
+
+/// Zoho accepts the parameters in the query string and in a form body.
+fn token_params(query: Option<String>, body: &[u8]) -> HashMap<String, String> {
     let mut params: HashMap<String, String> = query
         .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(&q).ok())
         .unwrap_or_default()
         .into_iter()
         .collect();
-    if let Ok(form) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&body) {
+    if let Ok(form) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(body) {
         params.extend(form);
     }
-    let param = |k: &str| params.get(k).map(String::as_str).unwrap_or("");
+    params
+}
 
-    let mut s = shared.lock();
-    *s.calls.entry(ENDPOINT_TOKEN.to_string()).or_default() += 1;
-    if param("grant_type") != "refresh_token" {
-        return token_error("unsupported_grant_type");
-    }
-    if param("client_id") != s.opts.client_id {
-        return token_error("invalid_client");
-    }
-    if param("client_secret") != s.opts.client_secret {
-        return token_error("invalid_client_secret");
-    }
-    if param("refresh_token") != s.opts.refresh_token {
-        return token_error("invalid_code");
-    }
-
-    let now = Instant::now();
+/// Counts a refresh at `now` against the window's limit; past it, Zoho's
+/// "too many requests" answer.
+fn throttle_refresh(s: &mut State, now: Instant) -> Option<Response> {
     let window = s.opts.refresh_window;
     while s
         .refresh_times
@@ -130,19 +149,25 @@ async fn token(
         s.token_throttled += 1;
         let status =
             StatusCode::from_u16(s.opts.throttle_status).unwrap_or(StatusCode::BAD_REQUEST);
-        return (
-            status,
-            Json(json!({
-                "error_description": THROTTLE_DESCRIPTION,
-                "error": "Access Denied",
-                "status": "failure",
-            })),
-        )
-            .into_response();
+        return Some(
+            (
+                status,
+                Json(json!({
+                    "error_description": THROTTLE_DESCRIPTION,
+                    "error": "Access Denied",
+                    "status": "failure",
+                })),
+            )
+                .into_response(),
+        );
     }
     s.refresh_times.push_back(now);
     s.token_refreshes += 1;
+    None
+}
 
+/// A new access token, valid from `now` for the configured lifetime.
+fn issue_token(s: &mut State, now: Instant) -> Response {
     let mut rng = rand::rng();
     let token = format!(
         "1000.{:032x}.{:032x}",
@@ -277,6 +302,19 @@ fn too_many_requests() -> Response {
     )
 }
 
+/// The gate, then the records: what every CRM write call passes before its
+/// records are looked at. The guard counts the call in flight until dropped.
+async fn admit(
+    shared: &Arc<Shared>,
+    endpoint: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(InFlight, Value, Vec<Value>), Box<Response>> {
+    let guard = gate(shared, endpoint, headers).await?;
+    let (doc, data) = records(body)?;
+    Ok((guard, doc, data))
+}
+
 /// Parses `{"data": [...]}` with 1..=100 records, or answers the top-level error.
 fn records(body: &Bytes) -> Result<(Value, Vec<Value>), Box<Response>> {
     let doc: Value = serde_json::from_slice(body).map_err(|_| {
@@ -313,6 +351,25 @@ fn records(body: &Bytes) -> Result<(Value, Vec<Value>), Box<Response>> {
     }
     let data = data.clone();
     Ok((doc, data))
+}
+
+/// Record `i` as an object, unless it is not one or a forced fault rejects it.
+fn record_object<'a>(
+    faults: &Faults,
+    rec: &'a Value,
+    i: usize,
+) -> Result<&'a Map<String, Value>, Value> {
+    let Some(rec) = rec.as_object() else {
+        return Err(record_error(
+            "INVALID_DATA",
+            "invalid data",
+            json!({"json_path": format!("$.data[{i}]")}),
+        ));
+    };
+    match rejected(faults, rec, i) {
+        Some(err) => Err(err),
+        None => Ok(rec),
+    }
 }
 
 fn record_error(code: &str, message: &str, details: Value) -> Value {
@@ -379,11 +436,8 @@ async fn upsert_contacts(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let _guard = match gate(&shared, ENDPOINT_CONTACTS_UPSERT, &headers).await {
-        Ok(g) => g,
-        Err(r) => return *r,
-    };
-    let (doc, data) = match records(&body) {
+    let (_guard, doc, data) = match admit(&shared, ENDPOINT_CONTACTS_UPSERT, &headers, &body).await
+    {
         Ok(v) => v,
         Err(r) => return *r,
     };
@@ -406,16 +460,10 @@ async fn upsert_contacts(
 }
 
 fn upsert_one(s: &mut State, i: usize, rec: &Value, dup_fields: &[String]) -> Value {
-    let Some(rec) = rec.as_object() else {
-        return record_error(
-            "INVALID_DATA",
-            "invalid data",
-            json!({"json_path": format!("$.data[{i}]")}),
-        );
+    let rec = match record_object(&s.faults, rec, i) {
+        Ok(rec) => rec,
+        Err(err) => return err,
     };
-    if let Some(err) = rejected(&s.faults, rec, i) {
-        return err;
-    }
     if let Some(phone) = rec.get("Phone").and_then(Value::as_str) {
         if phone.chars().any(char::is_alphabetic) {
             return record_error(
@@ -475,11 +523,7 @@ async fn create_sales_orders(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let _guard = match gate(&shared, ENDPOINT_SALES_ORDERS, &headers).await {
-        Ok(g) => g,
-        Err(r) => return *r,
-    };
-    let (_, data) = match records(&body) {
+    let (_guard, _, data) = match admit(&shared, ENDPOINT_SALES_ORDERS, &headers, &body).await {
         Ok(v) => v,
         Err(r) => return *r,
     };
@@ -510,88 +554,18 @@ async fn create_sales_orders(
 }
 
 fn create_order(s: &mut State, i: usize, rec: &Value) -> Value {
-    let Some(rec) = rec.as_object() else {
-        return record_error(
-            "INVALID_DATA",
-            "invalid data",
-            json!({"json_path": format!("$.data[{i}]")}),
-        );
+    let rec = match record_object(&s.faults, rec, i) {
+        Ok(rec) => rec,
+        Err(err) => return err,
     };
-    if let Some(err) = rejected(&s.faults, rec, i) {
+    if let Some(err) = missing_order_field(rec, i)
+        .or_else(|| unknown_contact(s, rec, i))
+        .or_else(|| duplicate_order(s, rec, i))
+    {
         return err;
     }
-    let subject_ok = rec
-        .get("Subject")
-        .and_then(Value::as_str)
-        .is_some_and(|v| !v.trim().is_empty());
-    if !subject_ok {
-        return record_error(
-            "MANDATORY_NOT_FOUND",
-            "required field not found",
-            json!({"api_name": "Subject", "json_path": format!("$.data[{i}].Subject")}),
-        );
-    }
-    let items = rec
-        .get("Ordered_Items")
-        .and_then(Value::as_array)
-        .filter(|a| !a.is_empty());
-    let Some(items) = items else {
-        return record_error(
-            "MANDATORY_NOT_FOUND",
-            "required field not found",
-            json!({"api_name": "Ordered_Items", "json_path": format!("$.data[{i}].Ordered_Items")}),
-        );
-    };
-    for (j, item) in items.iter().enumerate() {
-        let product = item
-            .get("Product_Name")
-            .and_then(|p| p.get("id"))
-            .and_then(field_text);
-        if product.is_none() {
-            return record_error(
-                "MANDATORY_NOT_FOUND",
-                "required field not found",
-                json!({"api_name": "Product_Name",
-                       "json_path": format!("$.data[{i}].Ordered_Items[{j}].Product_Name")}),
-            );
-        }
-    }
-    if let Some(contact) = rec.get("Contact_Name") {
-        let id = contact.get("id").and_then(field_text);
-        let known = id
-            .as_deref()
-            .is_some_and(|id| s.contacts.iter().any(|c| c.id == id));
-        if !known {
-            return record_error(
-                "INVALID_DATA",
-                "invalid data",
-                json!({"api_name": "Contact_Name", "json_path": format!("$.data[{i}].Contact_Name"),
-                       "expected_data_type": "lookup"}),
-            );
-        }
-    }
-    let unique = s.opts.sales_order_unique_field.clone();
-    if let Some(key) = rec.get(&unique).and_then(field_text) {
-        let dup = s.order_index.get(&key).map(|pos| &s.sales_orders[*pos]);
-        if let Some(dup) = dup {
-            return record_error(
-                "DUPLICATE_DATA",
-                "duplicate data",
-                json!({
-                    "api_name": unique,
-                    "json_path": format!("$.data[{i}].{unique}"),
-                    "id": dup.id,
-                    "duplicate_record": {
-                        "id": dup.id,
-                        "Owner": {"name": "Integration User", "id": "5725767000000411001"},
-                        "module": {"api_name": "Sales_Orders", "id": "5725767000000002221"},
-                    },
-                    "more_records": false,
-                }),
-            );
-        }
-    }
     let id = s.new_id();
+    let unique = s.opts.sales_order_unique_field.clone();
     if let Some(key) = rec.get(&unique).and_then(field_text) {
         s.order_index.insert(key, s.sales_orders.len());
     }
@@ -603,4 +577,81 @@ fn create_order(s: &mut State, i: usize, rec: &Value) -> Value {
     let mut details = success_details(&id);
     details["$approval_state"] = json!("approved");
     json!({"code": "SUCCESS", "details": details, "message": "record added", "status": "success"})
+}
+
+/// The first mandatory field the order lacks: a subject, ordered items, a
+/// product on each item.
+fn missing_order_field(rec: &Map<String, Value>, i: usize) -> Option<Value> {
+    let missing = |api_name: &str, path: String| {
+        Some(record_error(
+            "MANDATORY_NOT_FOUND",
+            "required field not found",
+            json!({"api_name": api_name, "json_path": path}),
+        ))
+    };
+    let subject_ok = rec
+        .get("Subject")
+        .and_then(Value::as_str)
+        .is_some_and(|v| !v.trim().is_empty());
+    if !subject_ok {
+        return missing("Subject", format!("$.data[{i}].Subject"));
+    }
+    let items = rec
+        .get("Ordered_Items")
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty());
+    let Some(items) = items else {
+        return missing("Ordered_Items", format!("$.data[{i}].Ordered_Items"));
+    };
+    let no_product = items.iter().position(|item| {
+        item.get("Product_Name")
+            .and_then(|p| p.get("id"))
+            .and_then(field_text)
+            .is_none()
+    });
+    no_product.and_then(|j| {
+        missing(
+            "Product_Name",
+            format!("$.data[{i}].Ordered_Items[{j}].Product_Name"),
+        )
+    })
+}
+
+/// A `Contact_Name` lookup to a contact Zoho does not have.
+fn unknown_contact(s: &State, rec: &Map<String, Value>, i: usize) -> Option<Value> {
+    let contact = rec.get("Contact_Name")?;
+    let id = contact.get("id").and_then(field_text);
+    let known = id
+        .as_deref()
+        .is_some_and(|id| s.contacts.iter().any(|c| c.id == id));
+    (!known).then(|| {
+        record_error(
+            "INVALID_DATA",
+            "invalid data",
+            json!({"api_name": "Contact_Name", "json_path": format!("$.data[{i}].Contact_Name"),
+                   "expected_data_type": "lookup"}),
+        )
+    })
+}
+
+/// An order whose unique field matches a stored one, answered as Zoho does.
+fn duplicate_order(s: &State, rec: &Map<String, Value>, i: usize) -> Option<Value> {
+    let unique = &s.opts.sales_order_unique_field;
+    let key = rec.get(unique).and_then(field_text)?;
+    let dup = &s.sales_orders[*s.order_index.get(&key)?];
+    Some(record_error(
+        "DUPLICATE_DATA",
+        "duplicate data",
+        json!({
+            "api_name": unique,
+            "json_path": format!("$.data[{i}].{unique}"),
+            "id": dup.id,
+            "duplicate_record": {
+                "id": dup.id,
+                "Owner": {"name": "Integration User", "id": "5725767000000411001"},
+                "module": {"api_name": "Sales_Orders", "id": "5725767000000002221"},
+            },
+            "more_records": false,
+        }),
+    ))
 }

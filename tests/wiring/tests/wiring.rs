@@ -11,11 +11,11 @@ use aws_lambda_events::event::{
     sqs::{SqsBatchResponse, SqsEvent},
 };
 use aws_sdk_sqs::types::QueueAttributeName;
-use sandbox::wiring::{
-    self, HttpInvoker, InProcess, InvokeError, Invoker, ProvisionSpec, PumpConfig, Redrive,
+use serde_json::{json, Value};
+use wiring::{
+    HttpInvoker, InProcess, InvokeError, Invoker, ProvisionSpec, PumpConfig, Redrive,
     ScheduleTicker, SqsPump,
 };
-use serde_json::{json, Value};
 
 async fn moto() -> aws_config::SdkConfig {
     if std::env::var("AWS_ENDPOINT_URL").is_err() {
@@ -294,7 +294,17 @@ async fn provisioning_is_idempotent_and_secrets_have_the_shapes_shared_reads() {
     );
     assert_eq!(first.kommo_secret_id, second.kommo_secret_id);
 
-    let sm = aws_sdk_secretsmanager::Client::new(&sdk);
+    assert_secrets_have_the_shapes_shared_reads(&sdk, &spec, &second).await;
+    assert_redrive_policy_follows_the_spec(&sdk, &second).await;
+    assert_env_names_what_config_reads(&second);
+}
+
+async fn assert_secrets_have_the_shapes_shared_reads(
+    sdk: &aws_config::SdkConfig,
+    spec: &ProvisionSpec,
+    second: &wiring::Provisioned,
+) {
+    let sm = aws_sdk_secretsmanager::Client::new(sdk);
     let read = |id: String| {
         let sm = sm.clone();
         async move {
@@ -339,9 +349,14 @@ async fn provisioning_is_idempotent_and_secrets_have_the_shapes_shared_reads() {
     )
     .unwrap();
     assert_eq!(slack.webhook_url.expose(), "http://127.0.0.1:7003/hook");
+}
 
+async fn assert_redrive_policy_follows_the_spec(
+    sdk: &aws_config::SdkConfig,
+    second: &wiring::Provisioned,
+) {
     // The redrive policy follows the spec on every run.
-    let policy = aws_sdk_sqs::Client::new(&sdk)
+    let policy = aws_sdk_sqs::Client::new(sdk)
         .get_queue_attributes()
         .queue_url(&second.kommo_events.url)
         .attribute_names(QueueAttributeName::RedrivePolicy)
@@ -355,7 +370,9 @@ async fn provisioning_is_idempotent_and_secrets_have_the_shapes_shared_reads() {
     let policy: Value = serde_json::from_str(&policy).unwrap();
     assert_eq!(policy["deadLetterTargetArn"], second.kommo_events.dlq_arn);
     assert_eq!(policy["maxReceiveCount"].to_string().trim_matches('"'), "7");
+}
 
+fn assert_env_names_what_config_reads(second: &wiring::Provisioned) {
     // The environment the functions get names what shared::platform::config reads.
     let env: std::collections::HashMap<String, String> = second.env().into_iter().collect();
     assert_eq!(env["KOMMO_EVENTS_QUEUE_URL"], second.kommo_events.url);

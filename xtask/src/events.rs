@@ -1,0 +1,161 @@
+//! `cargo xtask events`: every sample event in `events/` invoked with the
+//! real `cargo lambda invoke` against the local system, and its answer
+//! checked against what that event must produce.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::{
+    local::{LocalOptions, LocalSystem},
+    root, stack,
+};
+
+/// What a sample event must produce, by file name.
+fn expectation(file: &str) -> Option<(&'static str, Expect)> {
+    let e = match file {
+        "webhook-bad-token.json" => ("webhook", Expect::Status(401)),
+        "webhook-contact-update.json" => ("webhook", Expect::Status(200)),
+        "webhook-lead-status.json" => ("webhook", Expect::Status(200)),
+        "webhook-manual-booking.json" => ("webhook", Expect::Status(201)),
+        "webhook-processor-sqs.json" => ("webhook-processor", Expect::NoBatchFailures),
+        "outbox-drain-schedule.json" | "outbox-drain-schedule-v2.json" => {
+            ("outbox-drain", Expect::DrainedAll)
+        }
+        "full-refresh-start.json" => ("full-refresh", Expect::Status(202)),
+        "full-refresh-status.json" => ("full-refresh", Expect::StatusOneOf(&[200, 404])),
+        "full-refresh-list.json" => ("full-refresh", Expect::Status(200)),
+        "full-refresh-worker-sqs.json" => ("full-refresh-worker", Expect::NoBatchFailures),
+        _ => return None,
+    };
+    Some(e)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    Status(u16),
+    StatusOneOf(&'static [u16]),
+    NoBatchFailures,
+    /// A drain report that ran until the queue was empty (no `stopped` reason).
+    DrainedAll,
+}
+
+fn check(expect: Expect, out: &Value) -> Result<(), String> {
+    let status = out["statusCode"].as_u64().map(|s| s as u16);
+    match expect {
+        Expect::Status(want) if status == Some(want) => Ok(()),
+        Expect::StatusOneOf(set) if status.is_some_and(|s| set.contains(&s)) => Ok(()),
+        Expect::NoBatchFailures
+            if out["batchItemFailures"]
+                .as_array()
+                .is_some_and(|a| a.is_empty()) =>
+        {
+            Ok(())
+        }
+        Expect::DrainedAll
+            if out.get("errorType").is_none()
+                && out.get("claimed").is_some()
+                && out["stopped"].is_null() =>
+        {
+            Ok(())
+        }
+        _ => Err(format!("expected {expect:?}, got {out}")),
+    }
+}
+
+/// Invokes every file in `events/` through `cargo lambda watch` with `cargo lambda invoke`.
+pub fn run() -> Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        // The schedule stays quiet: the drain's sample events do the draining.
+        let sys = LocalSystem::start(LocalOptions::scripted(Duration::from_secs(3600))?).await?;
+        let cargo_lambda = stack::ensure_pip_tool("cargo-lambda", "cargo-lambda")?;
+        let files = sample_files()?;
+        let mut failures = BTreeMap::new();
+        for file in &files {
+            let name = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let verdict = match expectation(name) {
+                Some((function, expect)) => {
+                    let verdict = invoke(&cargo_lambda, sys.port, function, file)?
+                        .and_then(|v| check(expect, &v));
+                    match &verdict {
+                        Ok(()) => eprintln!("xtask: events/{name} → {function}: ok"),
+                        Err(e) => eprintln!("xtask: events/{name} → {function}: FAILED: {e}"),
+                    }
+                    verdict
+                }
+                None => Err("no expectation: add one to xtask/src/events.rs".to_string()),
+            };
+            if let Err(e) = verdict {
+                failures.insert(name.to_string(), e);
+            }
+        }
+        if !failures.is_empty() {
+            bail!(
+                "{} sample event(s) did not produce the expected result: {:?}",
+                failures.len(),
+                failures.keys().collect::<Vec<_>>()
+            );
+        }
+        eprintln!(
+            "xtask: all {} sample events behave as expected",
+            files.len()
+        );
+        Ok(())
+    })
+}
+
+/// The JSON files in `events/`, sorted.
+fn sample_files() -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("events"))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The function's answer to the event in `file`, or why there is none; an
+/// error only when `cargo lambda invoke` could not be run at all.
+fn invoke(
+    cargo_lambda: &Path,
+    port: u16,
+    function: &str,
+    file: &Path,
+) -> Result<Result<Value, String>> {
+    let out = Command::new(cargo_lambda)
+        .args([
+            "lambda",
+            "invoke",
+            function,
+            "-A",
+            "127.0.0.1",
+            "-P",
+            &port.to_string(),
+            "--data-file",
+        ])
+        .arg(file)
+        .current_dir(root())
+        .output()
+        .context("run cargo lambda invoke")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        return Ok(Err(format!(
+            "cargo lambda invoke failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(serde_json::from_str::<Value>(text.trim())
+        .map_err(|e| format!("response is not JSON ({e}): {text}")))
+}
