@@ -221,3 +221,68 @@ async fn keeps_under_the_rate_limit() {
     assert!(elapsed >= Duration::from_millis(1900), "{elapsed:?}");
     assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
 }
+
+/// A Kommo secret in moto holding `access_token`, and its source.
+async fn kommo_secret(
+    k: &KommoSandbox,
+    access_token: &str,
+) -> (
+    aws_config::SdkConfig,
+    String,
+    shared::platform::secrets::SecretSource<shared::platform::secrets::KommoSecret>,
+) {
+    let sdk = testkit::aws_config().await;
+    let value = serde_json::json!({
+        "base_url": k.base_url(), "access_token": access_token, "webhook_token": "wt"
+    });
+    let id = testkit::put_secret(&sdk, "kommo", &value).await;
+    let secrets = shared::platform::secrets::Secrets::new(&sdk, Duration::from_secs(300))
+        .await
+        .unwrap();
+    let source = shared::platform::secrets::SecretSource::Manager {
+        secrets: std::sync::Arc::new(secrets),
+        id: id.clone(),
+    };
+    (sdk, id, source)
+}
+
+#[tokio::test]
+async fn a_token_renewed_in_the_secret_takes_effect_on_the_next_401_without_a_restart() {
+    let k = sandbox(3, 3).await;
+    let (sdk, id, source) = kommo_secret(&k, "token-before-renewal").await;
+    let c = KommoClient::from_source(source, fast_opts()).await.unwrap();
+
+    // An operator renews the long-lived token and puts it in the secret.
+    let renewed = serde_json::json!({
+        "base_url": k.base_url(), "access_token": k.token(), "webhook_token": "wt"
+    });
+    aws_sdk_secretsmanager::Client::new(&sdk)
+        .put_secret_value()
+        .secret_id(&id)
+        .secret_string(renewed.to_string())
+        .send()
+        .await
+        .unwrap();
+
+    let lead = k.leads()[0].id;
+    let leads = c.leads_by_ids(&[lead]).await.unwrap();
+    assert_eq!(leads.len(), 1, "the request succeeds with the renewed token");
+    let statuses: Vec<u16> = k.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![401, 200], "one refusal, one retry");
+
+    k.reset_stats();
+    c.leads_by_ids(&[lead]).await.unwrap();
+    let statuses: Vec<u16> = k.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![200], "later requests use the renewed token");
+}
+
+#[tokio::test]
+async fn a_refused_token_that_the_secret_still_holds_stays_a_clear_401() {
+    let k = sandbox(3, 3).await;
+    let (_sdk, _id, source) = kommo_secret(&k, "revoked-token").await;
+    let c = KommoClient::from_source(source, fast_opts()).await.unwrap();
+    let err = c.leads_by_ids(&[1]).await.unwrap_err();
+    assert!(matches!(err, KommoError::Unauthorized { .. }), "{err:?}");
+    assert!(!err.to_string().contains("revoked-token"));
+    assert_eq!(k.stats().total, 1, "no second request with the same token");
+}

@@ -5,7 +5,11 @@
 //! everything, until support lifts it) after repeated 429s, so the limiter
 //! spaces requests evenly instead of allowing bursts, and 403 is never retried.
 
-use std::{num::NonZeroU32, sync::Arc, time::Duration};
+use std::{
+    num::NonZeroU32,
+    sync::{Arc, PoisonError, RwLock},
+    time::{Duration, Instant},
+};
 
 use backon::{ExponentialBuilder, Retryable};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -16,7 +20,7 @@ use serde_json::Value;
 use super::model::{AccountTimezone, Contact, EntityError, Lead};
 use crate::{
     platform::config::Config,
-    platform::secrets::{KommoSecret, Redacted},
+    platform::secrets::{KommoSecret, Redacted, SecretSource},
     platform::text::truncate,
 };
 
@@ -163,7 +167,10 @@ pub struct LeadsPage {
 pub struct KommoClient {
     http: reqwest::Client,
     base_url: String,
-    token: Redacted,
+    /// Swapped when Kommo refuses it and the secret holds a newer one.
+    token: Arc<RwLock<Redacted>>,
+    /// Where a refused token is read again; None keeps the first token.
+    renewal: Option<SecretSource<KommoSecret>>,
     limiter: Arc<DefaultDirectRateLimiter>,
     opts: KommoClientOptions,
 }
@@ -183,6 +190,19 @@ enum Body {
 }
 
 impl KommoClient {
+    /// The client a function builds at cold start: the token read from
+    /// `source`, and read again from it when Kommo refuses it.
+    pub async fn from_source(
+        source: SecretSource<KommoSecret>,
+        opts: KommoClientOptions,
+    ) -> Result<Self, KommoError> {
+        let secret = source
+            .get()
+            .await
+            .map_err(|e| KommoError::Settings(e.to_string()))?;
+        Ok(Self::new(&secret, opts)?.renewing_from(source))
+    }
+
     pub fn new(secret: &KommoSecret, opts: KommoClientOptions) -> Result<Self, KommoError> {
         Self::with_token(&secret.base_url, secret.access_token.clone(), opts)
     }
@@ -216,14 +236,50 @@ impl KommoClient {
         Ok(KommoClient {
             http,
             base_url: base_url.trim_end_matches('/').to_string(),
-            token,
+            token: Arc::new(RwLock::new(token)),
+            renewal: None,
             limiter: Arc::new(limiter),
             opts,
         })
     }
 
+    /// On a 401, the token is read again from `source` (a value newer than
+    /// the refused request) and the request retried once with it, so a token
+    /// renewed in the secret takes effect without a restart.
+    pub fn renewing_from(mut self, source: SecretSource<KommoSecret>) -> Self {
+        self.renewal = Some(source);
+        self
+    }
+
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    fn token(&self) -> Redacted {
+        self.token
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The secret's token when it differs from the refused one.
+    async fn renewed_token(&self, refused: &Redacted, refused_at: Instant) -> Option<Redacted> {
+        let source = self.renewal.as_ref()?;
+        match source.get_newer_than(refused_at).await {
+            Ok(secret) if secret.access_token != *refused => {
+                *self.token.write().unwrap_or_else(PoisonError::into_inner) =
+                    secret.access_token.clone();
+                tracing::info!(
+                    "Kommo refused the access token; retrying with the secret's current one"
+                );
+                Some(secret.access_token)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "Kommo refused the access token and the secret could not be read again");
+                None
+            }
+        }
     }
 
     /// Current leads by id, with contacts and catalog elements; unknown ids are simply absent.
@@ -368,8 +424,28 @@ impl KommoClient {
         }
     }
 
-    /// GET with rate limiting and retries.
+    /// GET with rate limiting and retries, and one more try with a renewed
+    /// token after a 401.
     async fn get(&self, path: &str, query: &[(String, String)]) -> Result<Body, KommoError> {
+        let token = self.token();
+        let sent_at = Instant::now();
+        match self.get_retrying(path, query, &token).await {
+            Err(e @ KommoError::Unauthorized { .. }) => {
+                match self.renewed_token(&token, sent_at).await {
+                    Some(renewed) => self.get_retrying(path, query, &renewed).await,
+                    None => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn get_retrying(
+        &self,
+        path: &str,
+        query: &[(String, String)],
+        token: &Redacted,
+    ) -> Result<Body, KommoError> {
         let url = format!("{}{}", self.base_url, path);
         let backoff = ExponentialBuilder::default()
             .with_min_delay(self.opts.retry_min_delay)
@@ -379,7 +455,7 @@ impl KommoClient {
         let attempts = std::sync::atomic::AtomicUsize::new(0);
         let result = (|| async {
             attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.get_once(&url, path, query).await
+            self.get_once(&url, path, query, token).await
         })
         .retry(backoff)
         .sleep(tokio::time::sleep)
@@ -403,13 +479,14 @@ impl KommoClient {
         url: &str,
         path: &str,
         query: &[(String, String)],
+        token: &Redacted,
     ) -> Result<Body, KommoError> {
         self.limiter.until_ready().await;
         let resp = self
             .http
             .get(url)
             .query(query)
-            .bearer_auth(self.token.expose())
+            .bearer_auth(token.expose())
             .header(header::ACCEPT, "application/hal+json, application/json")
             .send()
             .await

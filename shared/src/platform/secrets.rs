@@ -369,6 +369,16 @@ impl<T: Clone + DeserializeOwned> SecretSource<T> {
             SecretSource::Fixed(v) => Ok(v.clone()),
         }
     }
+
+    /// The value as fetched after `instant` (see
+    /// [`Secrets::get_json_newer_than`]): for a credential just refused. A
+    /// fixed value is itself, so the refusal stands.
+    pub async fn get_newer_than(&self, instant: Instant) -> Result<T, SecretError> {
+        match self {
+            SecretSource::Manager { secrets, id } => secrets.get_json_newer_than(id, instant).await,
+            SecretSource::Fixed(v) => Ok(v.clone()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use full_refresh::worker::WorkerApp;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use shared::{
     kommo::{KommoClient, KommoClientOptions},
-    platform::{config::Need, context::AppContext, deadline::Deadline, secrets::KommoSecret},
+    platform::{config::Need, context::AppContext, deadline::Deadline},
     refresh::{alert::SlackTarget, Alerter, RefreshSettings, Worker},
 };
 
@@ -17,8 +17,9 @@ async fn main() -> Result<(), Error> {
     let ctx = AppContext::start("full-refresh-worker", &needs).await?;
     let config = &ctx.config;
     let settings = RefreshSettings::from_env(config)?;
-    let secret: KommoSecret = ctx.secret(&config.kommo_secret_id).get().await?;
-    let kommo = KommoClient::new(&secret, KommoClientOptions::from_config(config))?;
+    let kommo_secret = ctx.secret(&config.kommo_secret_id);
+    let kommo =
+        KommoClient::from_source(kommo_secret, KommoClientOptions::from_config(config)).await?;
     let target = match &config.slack_secret_id {
         Some(id) => SlackTarget::Secret {
             secrets: ctx.secrets.clone(),

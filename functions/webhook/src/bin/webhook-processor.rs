@@ -7,17 +7,17 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use shared::{
     ingest::Pipeline,
     kommo::{KommoClient, KommoClientOptions},
-    platform::{config::Need, context::AppContext, secrets::KommoSecret},
+    platform::{config::Need, context::AppContext},
 };
 use webhook::processor::Processor;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let ctx = AppContext::start("webhook-processor", &[Need::KommoSecret]).await?;
-    // Read once per cold start: the token is long-lived (Kommo's long-lived
-    // tokens last months), so a rotation reaches the function as containers recycle.
-    let secret: KommoSecret = ctx.secret(&ctx.config.kommo_secret_id).get().await?;
-    let kommo = KommoClient::new(&secret, KommoClientOptions::from_config(&ctx.config))?;
+    let kommo_secret = ctx.secret(&ctx.config.kommo_secret_id);
+    let kommo =
+        KommoClient::from_source(kommo_secret, KommoClientOptions::from_config(&ctx.config))
+            .await?;
     let processor = Arc::new(Processor::from(Pipeline {
         pool: ctx.pool.clone(),
         flags: ctx.flags.clone(),
