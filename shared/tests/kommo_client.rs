@@ -266,7 +266,11 @@ async fn a_token_renewed_in_the_secret_takes_effect_on_the_next_401_without_a_re
 
     let lead = k.leads()[0].id;
     let leads = c.leads_by_ids(&[lead]).await.unwrap();
-    assert_eq!(leads.len(), 1, "the request succeeds with the renewed token");
+    assert_eq!(
+        leads.len(),
+        1,
+        "the request succeeds with the renewed token"
+    );
     let statuses: Vec<u16> = k.requests().iter().map(|r| r.status).collect();
     assert_eq!(statuses, vec![401, 200], "one refusal, one retry");
 

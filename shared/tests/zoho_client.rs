@@ -249,3 +249,38 @@ async fn http_failures_are_classified() {
     let stats = c.stats().take();
     assert_eq!(stats.calls, 2);
 }
+
+#[tokio::test]
+async fn a_client_secret_rotated_in_secrets_manager_is_used_after_zoho_refuses_the_old_one() {
+    let db = TestDb::new().await;
+    let z = ZohoSandbox::start(ZohoOptions::default()).await.unwrap();
+    // The container started with the old client secret; since then the
+    // operator rotated it in Zoho and in Secrets Manager.
+    let mut old = z.secret_json();
+    old["client_secret"] = json!("client-secret-before-rotation");
+    let sdk = testkit::aws_config().await;
+    let id = testkit::put_secret(&sdk, "zoho", &z.secret_json()).await;
+    let secrets = shared::platform::secrets::Secrets::new(&sdk, Duration::from_secs(300))
+        .await
+        .unwrap();
+    let source = shared::platform::secrets::SecretSource::Manager {
+        secrets: Arc::new(secrets),
+        id,
+    };
+    let old: ZohoSecret = serde_json::from_value(old).unwrap();
+    let c = ZohoClient::new(old, settings(), db.pool())
+        .unwrap()
+        .renewing_from(source);
+
+    let token = c.access_token().await.expect("the renewed secret works");
+    assert!(z.token_is_valid(token.token.expose()));
+    assert_eq!(
+        z.state().calls_to(ENDPOINT_TOKEN),
+        2,
+        "one refusal, one refresh with the rotated secret"
+    );
+    let (stored, count, _, last_error) = token_row(&db).await;
+    assert_eq!(stored.as_deref(), Some(token.token.expose()));
+    assert_eq!(count, 1);
+    assert!(last_error.is_none());
+}

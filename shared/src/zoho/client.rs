@@ -17,7 +17,7 @@ use super::{
 use crate::{
     platform::config::ZohoSettings,
     platform::db::DbPool,
-    platform::secrets::{Secrets, ZohoSecret},
+    platform::secrets::{SecretSource, Secrets, ZohoSecret},
 };
 
 /// Zoho's limit on records per insert/upsert call.
@@ -110,6 +110,12 @@ impl ZohoClient {
             settings,
             stats: CallStats::default(),
         })
+    }
+
+    /// See [`TokenManager::renewing_from`].
+    pub fn renewing_from(mut self, source: SecretSource<ZohoSecret>) -> Self {
+        self.tokens = self.tokens.renewing_from(source);
+        self
     }
 
     pub fn settings(&self) -> &ZohoSettings {
@@ -362,12 +368,13 @@ impl LazyZohoClient {
                     .recipe
                     .as_ref()
                     .ok_or_else(|| ZohoError::Config("ZOHO_SECRET_ID is not set".into()))?;
-                let secret: ZohoSecret = src.secrets.get_json(&src.secret_id).await?;
-                Ok(Arc::new(ZohoClient::new(
-                    secret,
-                    src.settings.clone(),
-                    src.pool.clone(),
-                )?))
+                let source = SecretSource::Manager {
+                    secrets: src.secrets.clone(),
+                    id: src.secret_id.clone(),
+                };
+                let secret: ZohoSecret = source.get().await?;
+                let client = ZohoClient::new(secret, src.settings.clone(), src.pool.clone())?;
+                Ok(Arc::new(client.renewing_from(source)))
             })
             .await
             .cloned()

@@ -8,7 +8,10 @@
 //! between invocations. A throttle answer opens a circuit (`throttled_until`)
 //! that every container honours.
 
-use std::{sync::Mutex, time::Duration};
+use std::{
+    sync::{Mutex, PoisonError, RwLock},
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -17,8 +20,12 @@ use subtle::ConstantTimeEq;
 use super::error::ZohoError;
 use crate::{
     platform::db::{DbPool, PooledTransaction},
-    platform::secrets::{Redacted, ZohoSecret},
+    platform::secrets::{Redacted, SecretSource, ZohoSecret},
 };
+
+/// Token-endpoint refusals that a rotated client secret or a renewed
+/// refresh token in the secret can cure.
+const CREDENTIAL_REFUSALS: [&str; 3] = ["invalid_client", "invalid_client_secret", "invalid_code"];
 
 const SELECT_ROW: &str = "SELECT access_token, api_domain, expires_at, throttled_until \
                           FROM zoho_oauth_tokens WHERE id = $1";
@@ -48,7 +55,9 @@ impl AccessToken {
 pub struct TokenManager {
     http: reqwest::Client,
     pool: DbPool,
-    secret: ZohoSecret,
+    /// Swapped when Zoho refuses it and the secret holds newer credentials.
+    secret: RwLock<ZohoSecret>,
+    renewal: Option<SecretSource<ZohoSecret>>,
     row_id: String,
     margin: Duration,
     circuit: Duration,
@@ -79,12 +88,71 @@ impl TokenManager {
         TokenManager {
             http,
             pool,
-            secret,
+            secret: RwLock::new(secret),
+            renewal: None,
             row_id: DEFAULT_TOKEN_ROW.to_string(),
             margin,
             circuit,
             cache: Mutex::new(None),
             gate: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// On a refusal of the client credentials or the refresh token, the
+    /// secret is read again from `source` (newer than the refused call) and
+    /// the refresh retried once, so a rotation needs no restart.
+    pub fn renewing_from(mut self, source: SecretSource<ZohoSecret>) -> Self {
+        self.renewal = Some(source);
+        self
+    }
+
+    fn secret(&self) -> ZohoSecret {
+        self.secret
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The secret's credentials when they differ from the refused ones.
+    async fn renewed_secret(
+        &self,
+        refused: &ZohoSecret,
+        refused_at: Instant,
+    ) -> Option<ZohoSecret> {
+        let source = self.renewal.as_ref()?;
+        let current = match source.get_newer_than(refused_at).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "zoho refused the credentials and the secret could not be read again");
+                return None;
+            }
+        };
+        let changed = current.client_id != refused.client_id
+            || current.client_secret != refused.client_secret
+            || current.refresh_token != refused.refresh_token
+            || current.accounts_url != refused.accounts_url;
+        if !changed {
+            return None;
+        }
+        *self.secret.write().unwrap_or_else(PoisonError::into_inner) = current.clone();
+        tracing::info!("zoho refused the credentials; retrying with the secret's current ones");
+        Some(current)
+    }
+
+    /// Calls the token endpoint, and once more with renewed credentials
+    /// when it refuses the ones it was given.
+    async fn refresh(&self) -> Result<Refreshed, ZohoError> {
+        let secret = self.secret();
+        let sent_at = Instant::now();
+        let outcome = self.call_token_endpoint(&secret).await;
+        match &outcome {
+            Ok(Refreshed::Refused(code)) if CREDENTIAL_REFUSALS.contains(&code.as_str()) => {
+                match self.renewed_secret(&secret, sent_at).await {
+                    Some(renewed) => self.call_token_endpoint(&renewed).await,
+                    None => outcome,
+                }
+            }
+            _ => outcome,
         }
     }
 
@@ -184,7 +252,7 @@ impl TokenManager {
             return done;
         }
         self.drop_rejected(&tx, &row, rejected).await?;
-        let outcome = self.call_token_endpoint().await;
+        let outcome = self.refresh().await;
         self.record(tx, outcome).await
     }
 
@@ -293,17 +361,17 @@ impl TokenManager {
         Ok(())
     }
 
-    async fn call_token_endpoint(&self) -> Result<Refreshed, ZohoError> {
+    async fn call_token_endpoint(&self, secret: &ZohoSecret) -> Result<Refreshed, ZohoError> {
         let url = format!(
             "{}/oauth/v2/token",
-            self.secret.accounts_url.trim_end_matches('/')
+            secret.accounts_url.trim_end_matches('/')
         );
         // A form body keeps the secrets out of URL logs.
         let form = [
             ("grant_type", "refresh_token"),
-            ("client_id", self.secret.client_id.as_str()),
-            ("client_secret", self.secret.client_secret.expose()),
-            ("refresh_token", self.secret.refresh_token.expose()),
+            ("client_id", secret.client_id.as_str()),
+            ("client_secret", secret.client_secret.expose()),
+            ("refresh_token", secret.refresh_token.expose()),
         ];
         let resp = self
             .http
@@ -314,7 +382,7 @@ impl TokenManager {
             .map_err(ZohoError::from_reqwest)?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(ZohoError::from_reqwest)?;
-        parse_token_response(status, &bytes, self.secret.api_domain.as_deref())
+        parse_token_response(status, &bytes, secret.api_domain.as_deref())
     }
 }
 
