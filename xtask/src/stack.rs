@@ -243,6 +243,7 @@ fn initdb(bin: &Path, data: &Path, root: bool) -> Result<()> {
 /// removes `dir`), even when the start fails half way.
 fn start_cluster(bin: &Path, dir: &Path, port: u16, root: bool) -> Result<()> {
     let data = dir.join("data");
+    require_passwords_of_group(&data)?;
     let opts = format!(
         "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
          -c full_page_writes=off -c max_connections=400 -c shared_buffers=256MB",
@@ -319,6 +320,19 @@ pub fn ensure_pip_tool(bin: &str, package: &str) -> Result<PathBuf> {
                 .find(|p| p.is_file())
         })
         .with_context(|| format!("installed `{package}` but `{bin}` is not on PATH"))
+}
+
+/// The cluster trusts every local connection, except members of
+/// `password_checked`: the password-rotation test needs a server that
+/// refuses a wrong password. pg_hba.conf is read top down, so these go first.
+fn require_passwords_of_group(data: &Path) -> Result<()> {
+    let hba = data.join("pg_hba.conf");
+    let rest = std::fs::read_to_string(&hba).with_context(|| format!("read {}", hba.display()))?;
+    let first = "# Members of password_checked must give their password (the rotation test).\n\
+                 host all +password_checked 127.0.0.1/32 scram-sha-256\n\
+                 host all +password_checked ::1/128 scram-sha-256\n";
+    std::fs::write(&hba, format!("{first}{rest}"))
+        .with_context(|| format!("write {}", hba.display()))
 }
 
 /// Starts moto_server on a free port and returns its endpoint URL.

@@ -64,7 +64,7 @@ impl AppContext {
     }
 
     pub fn sqs_client(&self) -> aws_sdk_sqs::Client {
-        aws_sdk_sqs::Client::new(&self.sdk)
+        crate::platform::sqs::client(&self.sdk)
     }
 
     /// The Secrets Manager secret a setting names. A missing id is empty
@@ -80,4 +80,15 @@ impl AppContext {
     pub fn queue(&self, url: &Option<String>) -> Queue {
         Queue::new(self.sqs_client(), url.clone().unwrap_or_default())
     }
+}
+
+/// Limits of every AWS SDK call the functions make (Secrets Manager, SQS).
+/// Two attempts fit in the operation limit, and the whole stays inside the
+/// 2 seconds Kommo gives the webhook receiver.
+pub(crate) fn call_timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_millis(500))
+        .operation_attempt_timeout(std::time::Duration::from_millis(600))
+        .operation_timeout(std::time::Duration::from_millis(1200))
+        .build()
 }

@@ -207,13 +207,8 @@ impl Secrets {
     /// Every call has an operation timeout, so a slow Secrets Manager cannot
     /// hold the webhook receiver past Kommo's 2 seconds.
     pub async fn new(sdk: &aws_config::SdkConfig, ttl: Duration) -> Result<Self, SecretError> {
-        let timeouts = aws_config::timeout::TimeoutConfig::builder()
-            .connect_timeout(Duration::from_millis(500))
-            .operation_attempt_timeout(Duration::from_millis(600))
-            .operation_timeout(Duration::from_millis(1200))
-            .build();
         let config = aws_sdk_secretsmanager::config::Builder::from(sdk)
-            .timeout_config(timeouts)
+            .timeout_config(crate::platform::context::call_timeouts())
             .build();
         Ok(Secrets {
             inner: Arc::new(Inner {

@@ -2,6 +2,16 @@
 
 use aws_sdk_sqs::Client;
 
+/// An SQS client whose every call gives up in time: the webhook receiver
+/// must answer Kommo within 2 seconds, queueing included, and a hung call
+/// would otherwise hold the function until its own timeout.
+pub fn client(sdk: &aws_config::SdkConfig) -> Client {
+    let config = aws_sdk_sqs::config::Builder::from(sdk)
+        .timeout_config(crate::platform::context::call_timeouts())
+        .build();
+    Client::from_conf(config)
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("SQS send to {queue} failed: {reason}")]
 pub struct SqsError {
