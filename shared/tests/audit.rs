@@ -5,7 +5,10 @@
 use serde_json::{json, Value};
 use testkit::TestDb;
 
-async fn audit_rows(c: &tokio_postgres::Client, action: &str) -> Vec<(String, String, Option<Value>, Option<Value>)> {
+async fn audit_rows(
+    c: &tokio_postgres::Client,
+    action: &str,
+) -> Vec<(String, String, Option<Value>, Option<Value>)> {
     c.query(
         "SELECT actor, subject, previous, current FROM audit_log WHERE action = $1 ORDER BY id",
         &[&action],
@@ -24,11 +27,18 @@ async fn a_flag_changed_with_sql_is_recorded_with_its_previous_value() {
     c.batch_execute("UPDATE system_feature_flags SET enabled = true WHERE key = 'enableZohoLive'")
         .await
         .unwrap();
-    let role: String = c.query_one("SELECT session_user::text", &[]).await.unwrap().get(0);
+    let role: String = c
+        .query_one("SELECT session_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     let rows = audit_rows(&c, "flag.update").await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     let (actor, subject, previous, current) = &rows[0];
-    assert_eq!(actor, &role, "a change without a named actor is the database role's");
+    assert_eq!(
+        actor, &role,
+        "a change without a named actor is the database role's"
+    );
     assert_eq!(subject, "enableZohoLive");
     assert_eq!(previous.as_ref().unwrap()["enabled"], json!(false));
     assert_eq!(current.as_ref().unwrap()["enabled"], json!(true));

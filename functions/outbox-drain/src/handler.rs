@@ -3,6 +3,9 @@
 //! EventBridge rules (`Schedule`) send a "Scheduled Event" envelope;
 //! EventBridge Scheduler (`ScheduleV2`) sends whatever `Input` the schedule
 //! has. The body only labels the run, so any JSON is accepted.
+//!
+//! Each tick also deletes one bounded batch of expired rows
+//! ([`shared::retention`]), so retention needs no schedule of its own.
 
 use std::time::Duration;
 
@@ -10,7 +13,12 @@ use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use shared::{
     outbox::{Drain, OutboxError},
-    platform::{deadline::time_left, telemetry::Metrics},
+    platform::{
+        db::{DbError, DbPool},
+        deadline::time_left,
+        telemetry::Metrics,
+    },
+    retention::{purge_batch, Purged, RetentionSettings},
 };
 
 /// Used when the runtime gives no deadline (local invokes without one).
@@ -70,20 +78,47 @@ impl From<HandlerError> for lambda_runtime::Diagnostic {
     }
 }
 
+/// Retention's share of a tick: the pool and the settings.
+pub struct Purge {
+    pub pool: DbPool,
+    pub settings: RetentionSettings,
+}
+
+impl Purge {
+    /// One batch; a failure is logged and left to the next tick, since
+    /// the drain's own outcome is what the invocation reports.
+    async fn run(&self) -> Purged {
+        let result = match self.pool.get().await {
+            Ok(client) => purge_batch(&**client, &self.settings).await,
+            Err(e) => Err(DbError::from(e)),
+        };
+        result.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "retention purge skipped this tick");
+            Purged::default()
+        })
+    }
+}
+
 /// The time this invocation has left, from the runtime's deadline.
 fn time_left_of(ctx: &lambda_runtime::Context) -> Duration {
     time_left(ctx.deadline).unwrap_or(FALLBACK_BUDGET)
 }
 
-pub async fn handle(drain: &Drain, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
+pub async fn handle(
+    drain: &Drain,
+    purge: &Purge,
+    event: LambdaEvent<Value>,
+) -> Result<Value, HandlerError> {
     let trigger = Trigger::from_payload(&event.payload);
     let deadline = drain.deadline_in(time_left_of(&event.context));
     tracing::info!(trigger = trigger.kind(), ?trigger, "outbox drain started");
     let report = drain.run(deadline).await.inspect_err(|e| {
         tracing::error!(error = %e, "outbox drain failed");
     })?;
+    let purged = purge.run().await;
     let mut metrics = Metrics::new("KommoZoho", "outbox-drain");
     report.record(&mut metrics);
+    purged.record(&mut metrics);
     metrics.property("requestId", event.context.request_id.clone());
     metrics.property("trigger", trigger.kind());
     metrics.flush();
@@ -96,7 +131,11 @@ pub async fn handle(drain: &Drain, event: LambdaEvent<Value>) -> Result<Value, H
         stopped = ?report.stopped,
         "outbox drain finished"
     );
-    Ok(serde_json::to_value(&report)?)
+    let mut out = serde_json::to_value(&report)?;
+    if let Value::Object(obj) = &mut out {
+        obj.insert("purged".into(), serde_json::to_value(purged)?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -193,6 +232,10 @@ mod tests {
             deadline_margin: Duration::from_secs(1),
             defer: Duration::from_secs(60),
         };
+        let purge = Purge {
+            pool: pool.clone(),
+            settings: RetentionSettings::default(),
+        };
         let drain = Drain::new(
             pool.clone(),
             Arc::new(FeatureFlags::new(pool, Duration::ZERO)),
@@ -204,7 +247,7 @@ mod tests {
             "outbox-drain-schedule-v2.json",
         ] {
             let event = LambdaEvent::new(sample(name), lambda_runtime::Context::default());
-            let out = handle(&drain, event).await.unwrap();
+            let out = handle(&drain, &purge, event).await.unwrap();
             assert!(out["stopped"].is_null(), "{out}");
         }
         let (status, _, response) = outbox_row(&db, client_id).await;
@@ -215,7 +258,7 @@ mod tests {
         db.set_flag("enableZohoLive", true).await;
         let id2 = client_with_pending_upsert(&db, "C D").await;
         let event = LambdaEvent::new(sample("outbox-drain-schedule.json"), Default::default());
-        let out = handle(&drain, event).await.unwrap();
+        let out = handle(&drain, &purge, event).await.unwrap();
         assert_eq!(out["stopped"], "systemic");
         assert_eq!(out["claimed"], 0);
         let (status, attempts, _) = outbox_row(&db, id2).await;
