@@ -12,11 +12,11 @@ use std::time::Duration;
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use shared::{
-    outbox::{Drain, OutboxError},
+    outbox::{self, Drain, OutboxError},
     platform::{
         db::{DbError, DbPool},
         deadline::time_left,
-        telemetry::Metrics,
+        telemetry::{Metrics, Unit},
     },
     retention::{purge_batch, Purged, RetentionSettings},
 };
@@ -78,16 +78,17 @@ impl From<HandlerError> for lambda_runtime::Diagnostic {
     }
 }
 
-/// Retention's share of a tick: the pool and the settings.
-pub struct Purge {
+/// The rest of a tick after the drain: retention, and the outbox's size by
+/// status for the dashboard and alarms.
+pub struct Upkeep {
     pub pool: DbPool,
     pub settings: RetentionSettings,
 }
 
-impl Purge {
+impl Upkeep {
     /// One batch; a failure is logged and left to the next tick, since
     /// the drain's own outcome is what the invocation reports.
-    async fn run(&self) -> Purged {
+    async fn purge(&self) -> Purged {
         let result = match self.pool.get().await {
             Ok(client) => purge_batch(&**client, &self.settings).await,
             Err(e) => Err(DbError::from(e)),
@@ -96,6 +97,31 @@ impl Purge {
             tracing::warn!(error = %e, "retention purge skipped this tick");
             Purged::default()
         })
+    }
+
+    /// Rows per status as gauges; skipped when the database is unavailable.
+    async fn outbox_gauges(&self, m: &mut Metrics) {
+        let counts = match self.pool.get().await {
+            Ok(client) => outbox::status_counts(&client)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let counts = match counts {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox counts unavailable");
+                return;
+            }
+        };
+        for (status, name) in [
+            ("pending", "outbox_pending"),
+            ("processing", "outbox_processing"),
+            ("failed", "outbox_failed"),
+        ] {
+            let n = counts.get(status).copied().unwrap_or(0);
+            m.set(name, n as f64, Unit::Count);
+        }
     }
 }
 
@@ -106,7 +132,7 @@ fn time_left_of(ctx: &lambda_runtime::Context) -> Duration {
 
 pub async fn handle(
     drain: &Drain,
-    purge: &Purge,
+    upkeep: &Upkeep,
     event: LambdaEvent<Value>,
 ) -> Result<Value, HandlerError> {
     let trigger = Trigger::from_payload(&event.payload);
@@ -115,10 +141,11 @@ pub async fn handle(
     let report = drain.run(deadline).await.inspect_err(|e| {
         tracing::error!(error = %e, "outbox drain failed");
     })?;
-    let purged = purge.run().await;
+    let purged = upkeep.purge().await;
     let mut metrics = Metrics::new("KommoZoho", "outbox-drain");
     report.record(&mut metrics);
     purged.record(&mut metrics);
+    upkeep.outbox_gauges(&mut metrics).await;
     metrics.property("requestId", event.context.request_id.clone());
     metrics.property("trigger", trigger.kind());
     metrics.flush();
@@ -232,7 +259,7 @@ mod tests {
             deadline_margin: Duration::from_secs(1),
             defer: Duration::from_secs(60),
         };
-        let purge = Purge {
+        let upkeep = Upkeep {
             pool: pool.clone(),
             settings: RetentionSettings::default(),
         };
@@ -247,7 +274,7 @@ mod tests {
             "outbox-drain-schedule-v2.json",
         ] {
             let event = LambdaEvent::new(sample(name), lambda_runtime::Context::default());
-            let out = handle(&drain, &purge, event).await.unwrap();
+            let out = handle(&drain, &upkeep, event).await.unwrap();
             assert!(out["stopped"].is_null(), "{out}");
         }
         let (status, _, response) = outbox_row(&db, client_id).await;
@@ -258,7 +285,7 @@ mod tests {
         db.set_flag("enableZohoLive", true).await;
         let id2 = client_with_pending_upsert(&db, "C D").await;
         let event = LambdaEvent::new(sample("outbox-drain-schedule.json"), Default::default());
-        let out = handle(&drain, &purge, event).await.unwrap();
+        let out = handle(&drain, &upkeep, event).await.unwrap();
         assert_eq!(out["stopped"], "systemic");
         assert_eq!(out["claimed"], 0);
         let (status, attempts, _) = outbox_row(&db, id2).await;

@@ -16,13 +16,13 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     // ZOHO_SECRET_ID is read lazily: with enableZohoLive off the drain needs no secret.
     let ctx = AppContext::start("outbox-drain", &[]).await?;
     let drain = Arc::new(Drain::from_context(&ctx));
-    let purge = Arc::new(handler::Purge {
+    let upkeep = Arc::new(handler::Upkeep {
         pool: ctx.pool.clone(),
         settings: RetentionSettings::from_env()?,
     });
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
-        let (drain, purge) = (drain.clone(), purge.clone());
-        async move { handler::handle(&drain, &purge, event).await }
+        let (drain, upkeep) = (drain.clone(), upkeep.clone());
+        async move { handler::handle(&drain, &upkeep, event).await }
     }))
     .await
 }
