@@ -144,6 +144,38 @@ BEGIN
 END;
 $$;
 
+-- Full refresh: discarding a held run -----------------------------------------
+
+-- A run held as `needs_review` left production untouched; discarding it
+-- records the decision (status `failed`, phase `discarded`) and lets
+-- retention purge its staging. Returns false unless the run was held.
+CREATE FUNCTION discard_import_run(p_run_id uuid, p_reason text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    prev kommo_import_runs%ROWTYPE;
+BEGIN
+    SELECT * INTO prev FROM kommo_import_runs WHERE id = p_run_id FOR UPDATE;
+    IF NOT FOUND OR prev.status <> 'needs_review' THEN
+        RETURN false;
+    END IF;
+    UPDATE kommo_import_runs
+       SET status = 'failed',
+           phase = 'discarded',
+           error = 'discarded by ' || audit_actor() || coalesce(': ' || p_reason, ''),
+           finished_at = coalesce(finished_at, now()),
+           updated_at = now()
+     WHERE id = p_run_id;
+    INSERT INTO audit_log (actor, action, subject, previous, current)
+    VALUES (audit_actor(), 'refresh.discard', p_run_id::text,
+            jsonb_build_object('status', prev.status, 'error', prev.error,
+                               'leads_count', prev.leads_count,
+                               'last_success_count', prev.last_success_count),
+            jsonb_build_object('status', 'failed', 'phase', 'discarded', 'reason', p_reason));
+    RETURN true;
+END
+$$;
+
 -- Retention --------------------------------------------------------------------
 
 -- The purge finds old succeeded rows without scanning live ones.

@@ -93,6 +93,48 @@ async fn the_audit_log_refuses_updates_deletes_and_truncate() {
 }
 
 #[tokio::test]
+async fn discarding_a_held_run_is_recorded_and_only_held_runs_can_be_discarded() {
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    let held: uuid::Uuid = c
+        .query_one(
+            "INSERT INTO kommo_import_runs (status, year, leads_count, last_success_count, error)
+             VALUES ('needs_review', 2026, 40, 100, 'lead count dropped 60%') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let discard = "SELECT discard_import_run($1, 'Kommo pipeline cleanup, expected')";
+    c.batch_execute("SELECT set_config('audit.actor', 'bob@ops', false)")
+        .await
+        .unwrap();
+    assert!(c.query_one(discard, &[&held]).await.unwrap().get::<_, bool>(0));
+    assert!(
+        !c.query_one(discard, &[&held]).await.unwrap().get::<_, bool>(0),
+        "a discarded run is no longer held"
+    );
+    let run = c
+        .query_one(
+            "SELECT status, phase, error FROM kommo_import_runs WHERE id = $1",
+            &[&held],
+        )
+        .await
+        .unwrap();
+    assert_eq!(run.get::<_, String>(0), "failed");
+    assert_eq!(run.get::<_, String>(1), "discarded");
+    assert_eq!(
+        run.get::<_, String>(2),
+        "discarded by bob@ops: Kommo pipeline cleanup, expected"
+    );
+    let rows = audit_rows(&c, "refresh.discard").await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].0, "bob@ops");
+    assert_eq!(rows[0].2.as_ref().unwrap()["status"], json!("needs_review"));
+    assert_eq!(rows[0].2.as_ref().unwrap()["leads_count"], json!(40));
+}
+
+#[tokio::test]
 async fn every_requeued_row_is_recorded_with_its_failure() {
     let db = TestDb::new().await;
     let c = db.client().await;
