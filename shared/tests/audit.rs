@@ -109,9 +109,16 @@ async fn discarding_a_held_run_is_recorded_and_only_held_runs_can_be_discarded()
     c.batch_execute("SELECT set_config('audit.actor', 'bob@ops', false)")
         .await
         .unwrap();
-    assert!(c.query_one(discard, &[&held]).await.unwrap().get::<_, bool>(0));
+    assert!(c
+        .query_one(discard, &[&held])
+        .await
+        .unwrap()
+        .get::<_, bool>(0));
     assert!(
-        !c.query_one(discard, &[&held]).await.unwrap().get::<_, bool>(0),
+        !c.query_one(discard, &[&held])
+            .await
+            .unwrap()
+            .get::<_, bool>(0),
         "a discarded run is no longer held"
     );
     let run = c
