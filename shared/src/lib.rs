@@ -10,4 +10,5 @@ pub mod kommo;
 pub mod outbox;
 pub mod platform;
 pub mod refresh;
+pub mod retention;
 pub mod zoho;

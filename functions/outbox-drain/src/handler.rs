@@ -3,14 +3,22 @@
 //! EventBridge rules (`Schedule`) send a "Scheduled Event" envelope;
 //! EventBridge Scheduler (`ScheduleV2`) sends whatever `Input` the schedule
 //! has. The body only labels the run, so any JSON is accepted.
+//!
+//! Each tick also deletes one bounded batch of expired rows
+//! ([`shared::retention`]), so retention needs no schedule of its own.
 
 use std::time::Duration;
 
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use shared::{
-    outbox::{Drain, OutboxError},
-    platform::{deadline::time_left, telemetry::Metrics},
+    outbox::{self, Drain, OutboxError},
+    platform::{
+        db::{DbError, DbPool},
+        deadline::time_left,
+        telemetry::{Metrics, Unit},
+    },
+    retention::{purge_batch, Purged, RetentionSettings},
 };
 
 /// Used when the runtime gives no deadline (local invokes without one).
@@ -70,20 +78,74 @@ impl From<HandlerError> for lambda_runtime::Diagnostic {
     }
 }
 
+/// The rest of a tick after the drain: retention, and the outbox's size by
+/// status for the dashboard and alarms.
+pub struct Upkeep {
+    pub pool: DbPool,
+    pub settings: RetentionSettings,
+}
+
+impl Upkeep {
+    /// One batch; a failure is logged and left to the next tick, since
+    /// the drain's own outcome is what the invocation reports.
+    async fn purge(&self) -> Purged {
+        let result = match self.pool.get().await {
+            Ok(client) => purge_batch(&**client, &self.settings).await,
+            Err(e) => Err(DbError::from(e)),
+        };
+        result.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "retention purge skipped this tick");
+            Purged::default()
+        })
+    }
+
+    /// Rows per status as gauges; skipped when the database is unavailable.
+    async fn outbox_gauges(&self, m: &mut Metrics) {
+        let counts = match self.pool.get().await {
+            Ok(client) => outbox::status_counts(&client)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let counts = match counts {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox counts unavailable");
+                return;
+            }
+        };
+        for (status, name) in [
+            ("pending", "outbox_pending"),
+            ("processing", "outbox_processing"),
+            ("failed", "outbox_failed"),
+        ] {
+            let n = counts.get(status).copied().unwrap_or(0);
+            m.set(name, n as f64, Unit::Count);
+        }
+    }
+}
+
 /// The time this invocation has left, from the runtime's deadline.
 fn time_left_of(ctx: &lambda_runtime::Context) -> Duration {
     time_left(ctx.deadline).unwrap_or(FALLBACK_BUDGET)
 }
 
-pub async fn handle(drain: &Drain, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
+pub async fn handle(
+    drain: &Drain,
+    upkeep: &Upkeep,
+    event: LambdaEvent<Value>,
+) -> Result<Value, HandlerError> {
     let trigger = Trigger::from_payload(&event.payload);
     let deadline = drain.deadline_in(time_left_of(&event.context));
     tracing::info!(trigger = trigger.kind(), ?trigger, "outbox drain started");
     let report = drain.run(deadline).await.inspect_err(|e| {
         tracing::error!(error = %e, "outbox drain failed");
     })?;
+    let purged = upkeep.purge().await;
     let mut metrics = Metrics::new("KommoZoho", "outbox-drain");
     report.record(&mut metrics);
+    purged.record(&mut metrics);
+    upkeep.outbox_gauges(&mut metrics).await;
     metrics.property("requestId", event.context.request_id.clone());
     metrics.property("trigger", trigger.kind());
     metrics.flush();
@@ -96,7 +158,11 @@ pub async fn handle(drain: &Drain, event: LambdaEvent<Value>) -> Result<Value, H
         stopped = ?report.stopped,
         "outbox drain finished"
     );
-    Ok(serde_json::to_value(&report)?)
+    let mut out = serde_json::to_value(&report)?;
+    if let Value::Object(obj) = &mut out {
+        obj.insert("purged".into(), serde_json::to_value(purged)?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -193,6 +259,10 @@ mod tests {
             deadline_margin: Duration::from_secs(1),
             defer: Duration::from_secs(60),
         };
+        let upkeep = Upkeep {
+            pool: pool.clone(),
+            settings: RetentionSettings::default(),
+        };
         let drain = Drain::new(
             pool.clone(),
             Arc::new(FeatureFlags::new(pool, Duration::ZERO)),
@@ -204,7 +274,7 @@ mod tests {
             "outbox-drain-schedule-v2.json",
         ] {
             let event = LambdaEvent::new(sample(name), lambda_runtime::Context::default());
-            let out = handle(&drain, event).await.unwrap();
+            let out = handle(&drain, &upkeep, event).await.unwrap();
             assert!(out["stopped"].is_null(), "{out}");
         }
         let (status, _, response) = outbox_row(&db, client_id).await;
@@ -215,7 +285,7 @@ mod tests {
         db.set_flag("enableZohoLive", true).await;
         let id2 = client_with_pending_upsert(&db, "C D").await;
         let event = LambdaEvent::new(sample("outbox-drain-schedule.json"), Default::default());
-        let out = handle(&drain, event).await.unwrap();
+        let out = handle(&drain, &upkeep, event).await.unwrap();
         assert_eq!(out["stopped"], "systemic");
         assert_eq!(out["claimed"], 0);
         let (status, attempts, _) = outbox_row(&db, id2).await;

@@ -1,7 +1,7 @@
 //! Outbox drain Lambda: every minute, sends due outbox rows to Zoho.
 //!
 //! The clients are built once per cold start; the handler is in `handler.rs`
-//! and the domain logic in `shared::outbox`.
+//! and the domain logic in `shared::outbox` and `shared::retention`.
 
 mod handler;
 
@@ -9,16 +9,20 @@ use std::sync::Arc;
 
 use lambda_runtime::{service_fn, LambdaEvent};
 use serde_json::Value;
-use shared::{outbox::Drain, platform::context::AppContext};
+use shared::{outbox::Drain, platform::context::AppContext, retention::RetentionSettings};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     // ZOHO_SECRET_ID is read lazily: with enableZohoLive off the drain needs no secret.
     let ctx = AppContext::start("outbox-drain", &[]).await?;
     let drain = Arc::new(Drain::from_context(&ctx));
+    let upkeep = Arc::new(handler::Upkeep {
+        pool: ctx.pool.clone(),
+        settings: RetentionSettings::from_env()?,
+    });
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
-        let drain = drain.clone();
-        async move { handler::handle(&drain, event).await }
+        let (drain, upkeep) = (drain.clone(), upkeep.clone());
+        async move { handler::handle(&drain, &upkeep, event).await }
     }))
     .await
 }

@@ -35,6 +35,7 @@ macro_rules! before_run {
     };
 }
 
+pub mod audit;
 pub mod bookings;
 pub mod clients;
 pub mod sales_leads;

@@ -158,6 +158,10 @@ impl From<AuthError> for ApiError {
                 ApiError::new(401, "unauthorized", e.to_string())
             }
             AuthError::Forbidden(_) => ApiError::new(403, "forbidden", e.to_string()),
+            // The reason names the secret's flaw; the caller only learns to retry later.
+            AuthError::Misconfigured(_) => {
+                ApiError::new(503, "unavailable", "authentication is unavailable")
+            }
         }
     }
 }

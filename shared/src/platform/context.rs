@@ -36,6 +36,10 @@ impl AppContext {
     /// context is logged like everything else, then [`AppContext::from_env`].
     pub async fn start(function: &str, needs: &[Need]) -> Result<Self, InitError> {
         telemetry::init();
+        // Lambda has no cold-start metric of its own; the dashboard counts these.
+        let mut m = telemetry::Metrics::new("KommoZoho", function);
+        m.add("cold_start", 1.0, telemetry::Unit::Count);
+        m.flush();
         Self::from_env(needs).await.inspect_err(|e| {
             tracing::error!(error = %e, function, "the function could not start");
         })

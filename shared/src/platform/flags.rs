@@ -16,6 +16,7 @@ pub enum Flag {
     KommoLive,
     ZohoLive,
     SlackAlerts,
+    ManualBookings,
 }
 
 impl Flag {
@@ -24,6 +25,7 @@ impl Flag {
             Flag::KommoLive => "enableKommoLive",
             Flag::ZohoLive => "enableZohoLive",
             Flag::SlackAlerts => "enableSlackAlerts",
+            Flag::ManualBookings => "enableManualBookings",
         }
     }
 }

@@ -12,7 +12,22 @@ use super::runs::{RunRecord, RunStatus};
 use crate::{
     platform::flags::{FeatureFlags, Flag},
     platform::secrets::{Redacted, Secrets, SlackSecret},
+    platform::telemetry::{Metrics, Unit},
 };
+
+/// Counts a finished run by outcome, for the dashboard and the alarms on
+/// `refresh_failed` and `refresh_needs_review`.
+pub fn count_finished(status: RunStatus) {
+    let name = match status {
+        RunStatus::Succeeded => "refresh_succeeded",
+        RunStatus::Failed => "refresh_failed",
+        RunStatus::NeedsReview => "refresh_needs_review",
+        RunStatus::Queued | RunStatus::Running => return,
+    };
+    let mut m = Metrics::new("KommoZoho", "full-refresh-worker");
+    m.add(name, 1.0, Unit::Count);
+    m.flush();
+}
 
 /// Where the Slack webhook URL comes from.
 #[derive(Clone)]

@@ -61,8 +61,8 @@ impl ProvisionSpec {
             },
             staff_jwt: StaffJwtSecretSpec {
                 hs256_secret: "sandbox-staff-jwt-secret-at-least-32-bytes".to_string(),
-                issuer: None,
-                audience: None,
+                issuer: Some(shared::platform::auth::LOCAL_ISSUER.to_string()),
+                audience: Some(shared::platform::auth::LOCAL_AUDIENCE.to_string()),
             },
             db: None,
             slack_webhook_url: None,

@@ -52,7 +52,13 @@ fn secrets() -> HashMap<String, String> {
     );
     m.insert(
         "bench/staff-jwt".to_string(),
-        serde_json::json!({"hs256_secret": "bench-staff-jwt-key"}).to_string(),
+        // The functions refuse to start with a key under 32 bytes or no issuer/audience.
+        serde_json::json!({
+            "hs256_secret": "bench-staff-jwt-key-of-at-least-32-bytes",
+            "issuer": "bench",
+            "audience": "bench",
+        })
+        .to_string(),
     );
     m
 }

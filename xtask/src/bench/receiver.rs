@@ -143,6 +143,7 @@ fn app(
                 audience: None,
             }),
             allowed_roles: vec!["admin".into()],
+            flags: Arc::new(FeatureFlags::new(pool.clone(), Duration::from_secs(10))),
             pool,
         },
     }

@@ -20,8 +20,8 @@ pub const STAFF_JWT_KEY: &str = "sandbox-staff-jwt-secret-at-least-32-bytes";
 pub fn staff_secret() -> StaffJwtSecret {
     StaffJwtSecret {
         hs256_secret: Redacted::new(STAFF_JWT_KEY),
-        issuer: None,
-        audience: None,
+        issuer: Some(shared::platform::auth::LOCAL_ISSUER.into()),
+        audience: Some(shared::platform::auth::LOCAL_AUDIENCE.into()),
     }
 }
 

@@ -47,8 +47,8 @@ pub fn kommo_secret(base_url: &str) -> KommoSecret {
 pub fn staff_secret() -> StaffJwtSecret {
     StaffJwtSecret {
         hs256_secret: Redacted::new(STAFF_JWT_KEY),
-        issuer: None,
-        audience: None,
+        issuer: Some(shared::platform::auth::LOCAL_ISSUER.into()),
+        audience: Some(shared::platform::auth::LOCAL_AUDIENCE.into()),
     }
 }
 
@@ -118,6 +118,7 @@ pub fn http_app(pool: DbPool, queue: Queue) -> HttpApp {
         bookings: ManualBookings {
             secret: SecretSource::Fixed(staff_secret()),
             allowed_roles: vec!["admin".into(), "ops".into()],
+            flags: Arc::new(FeatureFlags::new(pool.clone(), Duration::ZERO)),
             pool,
         },
     }

@@ -19,7 +19,7 @@ pub use checkpoint::{year_bounds, Checkpoint};
 use fetch::Stop;
 
 use super::{
-    alert::Alerter,
+    alert::{self, Alerter},
     job::{JobMessage, JobQueue},
     runs::{self, RunRecord, RunStatus},
     settings::RefreshSettings,
@@ -303,6 +303,7 @@ impl Worker {
                     .await;
             }
         };
+        alert::count_finished(status);
         self.alert(client, run_id).await;
         Ok(JobOutcome::Finished(status))
     }
@@ -317,6 +318,7 @@ impl Worker {
     ) -> Result<JobOutcome, RefreshError> {
         tracing::warn!(%run_id, status = status.as_str(), http_status, message, "full refresh ended");
         runs::finish(&*client, run_id, status, Some(message), http_status).await?;
+        alert::count_finished(status);
         self.alert(client, run_id).await;
         Ok(JobOutcome::Finished(status))
     }
