@@ -6,7 +6,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use shared::{
     ingest::Pipeline,
-    kommo::{KommoClient, KommoClientOptions},
+    kommo::{KommoClient, Lane},
     platform::{config::Need, context::AppContext},
 };
 use webhook::processor::Processor;
@@ -16,7 +16,7 @@ async fn main() -> Result<(), Error> {
     let ctx = AppContext::start("webhook-processor", &[Need::KommoSecret]).await?;
     let kommo_secret = ctx.secret(&ctx.config.kommo_secret_id);
     let kommo =
-        KommoClient::from_source(kommo_secret, KommoClientOptions::from_config(&ctx.config))
+        KommoClient::for_function(kommo_secret, &ctx.config, ctx.pool.clone(), Lane::Webhooks)
             .await?;
     let processor = Arc::new(Processor::from(Pipeline {
         pool: ctx.pool.clone(),
