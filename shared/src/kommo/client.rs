@@ -108,6 +108,19 @@ impl KommoError {
         }
     }
 
+    /// Whether every request fails the same way for now (a refused or
+    /// blocked account, the limit, the network, Kommo's own errors), as
+    /// opposed to a failure of this one request's content.
+    pub fn is_systemic(&self) -> bool {
+        self.is_retryable()
+            || matches!(
+                self,
+                KommoError::Unauthorized { .. }
+                    | KommoError::IpBlocked { .. }
+                    | KommoError::Settings(_)
+            )
+    }
+
     /// 429, 5xx and network failures are worth another try; the rest are not.
     pub fn is_retryable(&self) -> bool {
         match self {

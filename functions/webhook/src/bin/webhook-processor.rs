@@ -9,7 +9,7 @@ use shared::{
     kommo::{KommoClient, Lane},
     platform::{config::Need, context::AppContext},
 };
-use webhook::processor::Processor;
+use webhook::processor::{HoldBack, Processor};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -18,11 +18,24 @@ async fn main() -> Result<(), Error> {
     let kommo =
         KommoClient::for_function(kommo_secret, &ctx.config, ctx.pool.clone(), Lane::Webhooks)
             .await?;
-    let processor = Arc::new(Processor::from(Pipeline {
+    // The queue the events come from: outages hold its messages back.
+    let hold_back = ctx
+        .config
+        .kommo_events_queue_url
+        .as_ref()
+        .map(|_| HoldBack {
+            queue: ctx.queue(&ctx.config.kommo_events_queue_url),
+            base: ctx.config.kommo_outage_hold,
+        });
+    let pipeline = Pipeline {
         pool: ctx.pool.clone(),
         flags: ctx.flags.clone(),
         kommo,
-    }));
+    };
+    let processor = Arc::new(Processor {
+        pipeline,
+        hold_back,
+    });
     run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let processor = processor.clone();
         async move {
