@@ -2,20 +2,40 @@
 //! a call on [`shared::ingest::Pipeline`] (record, dedupe, fetch, apply) and
 //! its result into a batch response.
 //!
-//! Failures are returned as batch item failures, so SQS retries only those
-//! and, after the queue's receive limit, moves them to the dead-letter queue;
-//! the events table says why.
+//! Failures are returned as batch item failures, so SQS retries only those.
+//! A message that failed on its own comes back after the visibility timeout
+//! and, after the queue's receive limit, moves to the dead-letter queue; the
+//! events table says why. One that failed for a reason outside itself (an
+//! outage) is held back for longer each time ([`shared::ingest::outage`]), so
+//! an outage of hours does not spend its receives.
 
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
-use shared::ingest::{BatchReport, Pipeline, QueuedMessage};
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use shared::{
+    ingest::{outage, BatchOutcome, BatchReport, Pipeline, QueuedMessage},
+    platform::sqs::Queue,
+};
 
 pub struct Processor {
     pub pipeline: Pipeline,
+    /// Where held-back messages get their longer wait; None leaves them to
+    /// the queue's visibility timeout.
+    pub hold_back: Option<HoldBack>,
+}
+
+/// The queue the batch came from, and the first wait of a held-back message.
+pub struct HoldBack {
+    pub queue: Queue,
+    pub base: Duration,
 }
 
 impl From<Pipeline> for Processor {
     fn from(pipeline: Pipeline) -> Self {
-        Processor { pipeline }
+        Processor {
+            pipeline,
+            hold_back: None,
+        }
     }
 }
 
@@ -33,9 +53,41 @@ impl Processor {
             })
             .collect();
         let outcome = self.pipeline.process(&messages).await;
+        self.hold(&event.records, &outcome).await;
         let mut resp = SqsBatchResponse::default();
         resp.batch_item_failures = outcome.retry.into_iter().map(failure).collect();
         (resp, outcome.report)
+    }
+
+    /// Gives each held-back record its growing wait. A failure here only
+    /// means the record comes back after the visibility timeout.
+    async fn hold(&self, records: &[SqsMessage], outcome: &BatchOutcome) {
+        let Some(hold) = &self.hold_back else { return };
+        for r in records {
+            let held = r
+                .message_id
+                .as_ref()
+                .is_some_and(|id| outcome.held_back.contains(id));
+            let Some(receipt) = r.receipt_handle.as_deref().filter(|_| held) else {
+                continue;
+            };
+            let received = r
+                .attributes
+                .get("ApproximateReceiveCount")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1);
+            let wait = outage::hold_back(received, hold.base);
+            match hold.queue.hold(receipt, wait).await {
+                Ok(()) => tracing::warn!(
+                    message_id = r.message_id.as_deref(),
+                    received,
+                    wait_seconds = wait.as_secs(),
+                    cause = outcome.cause.as_deref(),
+                    "processor: outage, holding the delivery back"
+                ),
+                Err(e) => tracing::error!(error = %e, "processor: could not hold a delivery back"),
+            }
+        }
     }
 }
 

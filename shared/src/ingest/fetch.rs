@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 
+use crate::kommo::KommoError;
+
 use crate::{
     kommo::{
         map_contact, map_lead_with_contact,
@@ -27,8 +29,31 @@ pub struct Fetched {
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("Kommo fetch failed: {0}")]
-pub struct FetchError(pub String);
+#[error("Kommo fetch failed: {message}")]
+pub struct FetchError {
+    pub message: String,
+    /// Nothing that needs a fetch can succeed for now (see
+    /// [`KommoError::is_systemic`]); the database being down counts too.
+    pub systemic: bool,
+}
+
+impl From<KommoError> for FetchError {
+    fn from(e: KommoError) -> Self {
+        FetchError {
+            systemic: e.is_systemic(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl FetchError {
+    fn store(message: String) -> Self {
+        FetchError {
+            message,
+            systemic: true,
+        }
+    }
+}
 
 /// Contacts a delivery changed.
 pub fn contact_ids_to_fetch(d: &Delivery) -> Vec<i64> {
@@ -74,10 +99,10 @@ pub async fn fetch(
         let client = pool
             .get()
             .await
-            .map_err(|e| FetchError(format!("mapping tables unavailable: {e}")))?;
+            .map_err(|e| FetchError::store(format!("mapping tables unavailable: {e}")))?;
         MappingConfig::load(&**client)
             .await
-            .map_err(|e| FetchError(e.to_string()))?
+            .map_err(|e| FetchError::store(e.to_string()))?
     };
     let leads = if lead_ids.is_empty() {
         Vec::new()
@@ -85,7 +110,7 @@ pub async fn fetch(
         kommo
             .leads_by_ids(lead_ids)
             .await
-            .map_err(|e| FetchError(e.to_string()))?
+            .map_err(FetchError::from)?
     };
     // Kommo lists deleted leads only on request; a flagged one counts as gone.
     let leads: Vec<_> = leads.into_iter().filter(|l| !l.is_deleted).collect();
@@ -99,7 +124,7 @@ pub async fn fetch(
         kommo
             .contacts_by_ids(&wanted)
             .await
-            .map_err(|e| FetchError(e.to_string()))?
+            .map_err(FetchError::from)?
     };
     let by_id: HashMap<i64, &Contact> = contacts.iter().map(|c| (c.id, c)).collect();
 

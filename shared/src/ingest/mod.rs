@@ -12,6 +12,7 @@ pub mod delivery;
 pub mod events;
 pub mod fetch;
 pub mod manual;
+pub mod outage;
 pub mod pipeline;
 pub mod zoho_work;
 
@@ -42,4 +43,16 @@ pub enum IngestError {
     Fetch(#[from] FetchError),
     #[error("{0}")]
     Mapping(String),
+}
+
+impl IngestError {
+    /// Whether every delivery would fail the same way for now: the database
+    /// is unreachable, or Kommo refuses the whole account.
+    pub fn is_systemic(&self) -> bool {
+        match self {
+            IngestError::Db(e) => e.is_unavailable(),
+            IngestError::Fetch(e) => e.systemic,
+            IngestError::Mapping(_) => false,
+        }
+    }
 }

@@ -52,7 +52,33 @@ pub struct BatchReport {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchOutcome {
     pub retry: Vec<String>,
+    /// The retried messages that failed for a reason outside themselves (the
+    /// database is down, Kommo refuses the account, the kill switch is off):
+    /// they should wait longer than a visibility timeout before the next
+    /// receive, so an outage of hours does not spend their receives.
+    pub held_back: Vec<String>,
+    /// Why they were held back.
+    pub cause: Option<String>,
     pub report: BatchReport,
+}
+
+impl BatchOutcome {
+    /// Every message of the batch is retried, and held back for `cause`.
+    fn hold_all(messages: &[QueuedMessage<'_>], cause: &str) -> Self {
+        let ids: Vec<String> = messages.iter().map(|m| m.message_id.to_string()).collect();
+        BatchOutcome {
+            retry: ids.clone(),
+            held_back: ids,
+            cause: Some(cause.to_string()),
+            report: BatchReport::default(),
+        }
+    }
+
+    fn hold(&mut self, message_id: &str, cause: String) {
+        self.retry.push(message_id.to_string());
+        self.held_back.push(message_id.to_string());
+        self.cause.get_or_insert(cause);
+    }
 }
 
 pub struct Pipeline {
@@ -73,7 +99,10 @@ struct Pending {
 enum Skipped {
     Duplicate,
     Rejected,
-    Failed,
+    /// `systemic`: the database could not be reached.
+    Failed {
+        systemic: bool,
+    },
 }
 
 impl Pipeline {
@@ -83,7 +112,7 @@ impl Pipeline {
         let mut out = BatchOutcome::default();
 
         // The kill switch also holds queued deliveries back: they stay in the
-        // queue, unwritten, until it is turned on again (or reach the DLQ).
+        // queue, unwritten, until it is turned on again.
         match self.flags.is_enabled(Flag::KommoLive).await {
             Ok(true) => {}
             Ok(false) => {
@@ -91,13 +120,11 @@ impl Pipeline {
                     records = messages.len(),
                     "processor: enableKommoLive is off, leaving the batch in the queue"
                 );
-                out.retry = messages.iter().map(|m| m.message_id.to_string()).collect();
-                return out;
+                return BatchOutcome::hold_all(messages, "enableKommoLive is off");
             }
             Err(e) => {
                 tracing::error!(error = %e, "processor: database unavailable, retrying the batch later");
-                out.retry = messages.iter().map(|m| m.message_id.to_string()).collect();
-                return out;
+                return BatchOutcome::hold_all(messages, "the database is unavailable");
             }
         }
 
@@ -107,9 +134,12 @@ impl Pipeline {
                 Ok(p) => pending.push(p),
                 Err(Skipped::Duplicate) => out.report.duplicates += 1,
                 Err(Skipped::Rejected) => out.report.rejected += 1,
-                Err(Skipped::Failed) => {
+                Err(Skipped::Failed { systemic }) => {
                     out.report.failed += 1;
-                    out.retry.push(m.message_id.to_string());
+                    match systemic {
+                        true => out.hold(m.message_id, "the database is unavailable".into()),
+                        false => out.retry.push(m.message_id.to_string()),
+                    }
                 }
             }
         }
@@ -173,6 +203,10 @@ impl Pipeline {
         match result {
             Ok(true) => out.report.processed += 1,
             Ok(false) => out.report.duplicates += 1,
+            Err(e) if e.is_systemic() => {
+                out.report.failed += 1;
+                out.hold(&p.message_id, e.to_string());
+            }
             Err(_) => {
                 out.report.failed += 1;
                 out.retry.push(p.message_id);
@@ -199,13 +233,15 @@ impl Pipeline {
         };
         let client = self.pool.get().await.map_err(|e| {
             tracing::error!(error = %e, message_id, "processor: database unavailable");
-            Skipped::Failed
+            Skipped::Failed { systemic: true }
         })?;
         let row = record_received(&client, &body, account_id, Some(message_id))
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, message_id, "processor: could not record the delivery");
-                Skipped::Failed
+                Skipped::Failed {
+                    systemic: e.is_unavailable(),
+                }
             })?;
         if row.status == "processed" || row.status == "rejected" {
             tracing::info!(event_id = %row.id, sha256 = %body_hash(body.as_bytes()), "processor: duplicate delivery, already {}", row.status);
@@ -232,7 +268,7 @@ impl Pipeline {
             Err(e) => {
                 // Kept in the queue until it can at least be recorded.
                 tracing::error!(error = %e, message_id, "processor: could not record an unprocessable message");
-                Skipped::Failed
+                Skipped::Failed { systemic: true }
             }
         }
     }

@@ -12,6 +12,8 @@ use std::{
 };
 
 use backon::{ExponentialBuilder, Retryable};
+
+use super::budget::{BudgetError, BudgetSettings, Lane, SharedBudget};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::{header, StatusCode};
 use serde::Deserialize;
@@ -19,9 +21,9 @@ use serde_json::Value;
 
 use super::model::{AccountTimezone, Contact, EntityError, Lead};
 use crate::{
-    platform::config::Config,
     platform::secrets::{KommoSecret, Redacted, SecretSource},
     platform::text::truncate,
+    platform::{config::Config, db::DbPool},
 };
 
 /// Kommo returns at most 250 entities per page.
@@ -106,6 +108,19 @@ impl KommoError {
         }
     }
 
+    /// Whether every request fails the same way for now (a refused or
+    /// blocked account, the limit, the network, Kommo's own errors), as
+    /// opposed to a failure of this one request's content.
+    pub fn is_systemic(&self) -> bool {
+        self.is_retryable()
+            || matches!(
+                self,
+                KommoError::Unauthorized { .. }
+                    | KommoError::IpBlocked { .. }
+                    | KommoError::Settings(_)
+            )
+    }
+
     /// 429, 5xx and network failures are worth another try; the rest are not.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -171,6 +186,9 @@ pub struct KommoClient {
     token: Arc<RwLock<Redacted>>,
     /// Where a refused token is read again; None keeps the first token.
     renewal: Option<SecretSource<KommoSecret>>,
+    /// The account's budget shared with every container; None limits this
+    /// client alone (tests, benchmarks).
+    budget: Option<SharedBudget>,
     limiter: Arc<DefaultDirectRateLimiter>,
     opts: KommoClientOptions,
 }
@@ -190,8 +208,21 @@ enum Body {
 }
 
 impl KommoClient {
-    /// The client a function builds at cold start: the token read from
-    /// `source`, and read again from it when Kommo refuses it.
+    /// The client a function builds at cold start: options from the config,
+    /// the token from `source` (read again on a 401), and every request in
+    /// the account's shared budget on `lane`.
+    pub async fn for_function(
+        source: SecretSource<KommoSecret>,
+        cfg: &Config,
+        pool: DbPool,
+        lane: Lane,
+    ) -> Result<Self, KommoError> {
+        let budget = SharedBudget::new(pool, lane, BudgetSettings::from_config(cfg));
+        let client = Self::from_source(source, KommoClientOptions::from_config(cfg)).await?;
+        Ok(client.sharing_budget(budget))
+    }
+
+    /// The token read from `source`, and read again from it when Kommo refuses it.
     pub async fn from_source(
         source: SecretSource<KommoSecret>,
         opts: KommoClientOptions,
@@ -238,6 +269,7 @@ impl KommoClient {
             base_url: base_url.trim_end_matches('/').to_string(),
             token: Arc::new(RwLock::new(token)),
             renewal: None,
+            budget: None,
             limiter: Arc::new(limiter),
             opts,
         })
@@ -248,6 +280,12 @@ impl KommoClient {
     /// renewed in the secret takes effect without a restart.
     pub fn renewing_from(mut self, source: SecretSource<KommoSecret>) -> Self {
         self.renewal = Some(source);
+        self
+    }
+
+    /// Takes every request's slot from the account's shared budget.
+    pub fn sharing_budget(mut self, budget: SharedBudget) -> Self {
+        self.budget = Some(budget);
         self
     }
 
@@ -481,7 +519,7 @@ impl KommoClient {
         query: &[(String, String)],
         token: &Redacted,
     ) -> Result<Body, KommoError> {
-        self.limiter.until_ready().await;
+        self.wait_for_slot().await?;
         let resp = self
             .http
             .get(url)
@@ -502,6 +540,9 @@ impl KommoClient {
         let content_type = header_text(header::CONTENT_TYPE)
             .unwrap_or_default()
             .to_ascii_lowercase();
+        let retry_after = header_text(header::RETRY_AFTER)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let bytes = resp
             .bytes()
             .await
@@ -513,13 +554,54 @@ impl KommoClient {
             bytes = bytes.len(),
             "Kommo answered"
         );
-        Answer {
+        let answer = Answer {
             status,
             request_id,
             content_type,
             text: String::from_utf8_lossy(&bytes).into_owned(),
         }
-        .read(path)
+        .read(path);
+        if let Err(e) = &answer {
+            self.tell_budget(e, retry_after).await;
+        }
+        answer
+    }
+
+    /// Waits for this request's turn: in the account's shared budget when
+    /// there is one, else in this container's limiter.
+    async fn wait_for_slot(&self) -> Result<(), KommoError> {
+        let Some(budget) = &self.budget else {
+            self.limiter.until_ready().await;
+            return Ok(());
+        };
+        match budget.until_ready().await {
+            Ok(()) => Ok(()),
+            Err(BudgetError::Blocked { until }) => Err(KommoError::IpBlocked {
+                excerpt: format!("every Kommo call is paused until {until} after an HTTP 403"),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "shared Kommo budget unavailable; limiting this container alone");
+                self.limiter.until_ready().await;
+                Ok(())
+            }
+        }
+    }
+
+    /// A 429 pushes every container's next slot back; a 403 pauses them all.
+    async fn tell_budget(&self, error: &KommoError, retry_after: Option<Duration>) {
+        let Some(budget) = &self.budget else { return };
+        let told = match error {
+            KommoError::RateLimited { .. } => {
+                budget
+                    .push_back(retry_after.unwrap_or(self.opts.retry_min_delay))
+                    .await
+            }
+            KommoError::IpBlocked { .. } => budget.block().await,
+            _ => Ok(()),
+        };
+        if let Err(e) = told {
+            tracing::warn!(error = %e, "could not record Kommo's answer in the shared budget");
+        }
     }
 }
 

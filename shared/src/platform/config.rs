@@ -99,6 +99,8 @@ pub struct Config {
     pub staff_roles: Vec<String>,
     pub kommo_rate_per_second: u32,
     pub kommo_http_timeout: Duration,
+    /// First wait of a delivery held back by an outage (`KOMMO_OUTAGE_HOLD_SECONDS`).
+    pub kommo_outage_hold: Duration,
     pub full_refresh_default_year: Option<i32>,
     pub full_refresh_year_bounds: YearBounds,
     pub full_refresh_keep_runs: i64,
@@ -142,6 +144,7 @@ impl Config {
             staff_roles: env.list("STAFF_ROLES", &["admin", "ops"]),
             kommo_rate_per_second: env.at_least("KOMMO_RATE_PER_SECOND", 7u32, 1),
             kommo_http_timeout: env.millis("KOMMO_HTTP_TIMEOUT_MS", 10_000),
+            kommo_outage_hold: env.secs("KOMMO_OUTAGE_HOLD_SECONDS", 300),
             full_refresh_default_year: env.opt("FULL_REFRESH_DEFAULT_YEAR"),
             full_refresh_year_bounds: env.choice(
                 "FULL_REFRESH_YEAR_BOUNDS",

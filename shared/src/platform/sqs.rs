@@ -52,4 +52,25 @@ impl Queue {
             })?;
         Ok(out.message_id.unwrap_or_default())
     }
+
+    /// Keeps a received message invisible for `wait` from now.
+    pub async fn hold(
+        &self,
+        receipt_handle: &str,
+        wait: std::time::Duration,
+    ) -> Result<(), SqsError> {
+        let secs = i32::try_from(wait.as_secs()).unwrap_or(i32::MAX);
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(secs)
+            .send()
+            .await
+            .map_err(|e| SqsError {
+                queue: self.url.clone(),
+                reason: aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
+            })?;
+        Ok(())
+    }
 }

@@ -28,6 +28,9 @@ pub struct PumpConfig {
     /// How long a failed record stays invisible before it is retried. Lambda
     /// leaves it for the queue's visibility timeout; tests want it short.
     pub retry_visibility: Duration,
+    /// Leave failed records as they are, as Lambda does: they come back after
+    /// the queue's visibility timeout, or whatever the function set.
+    pub leave_failed: bool,
     /// Redrive done by the pump when the emulator does not do it. `None` reads
     /// the queue's `RedrivePolicy`; moto applies that policy on receive itself,
     /// so the pump's own redrive is then only a fallback.
@@ -41,6 +44,7 @@ impl PumpConfig {
             batch_size: 10,
             wait_time: Duration::from_secs(2),
             retry_visibility: Duration::from_secs(5),
+            leave_failed: false,
             redrive: None,
         }
     }
@@ -128,7 +132,9 @@ impl SqsPump {
         outcome.succeeded = succeeded.len();
         let url = &self.config.queue_url;
         receipts::delete(&self.sqs, url, &succeeded).await?;
-        receipts::release(&self.sqs, url, &failed, self.config.retry_visibility).await?;
+        if !self.config.leave_failed {
+            receipts::release(&self.sqs, url, &failed, self.config.retry_visibility).await?;
+        }
         Ok(outcome)
     }
 

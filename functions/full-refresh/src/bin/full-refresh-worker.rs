@@ -6,7 +6,7 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use full_refresh::worker::WorkerApp;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use shared::{
-    kommo::{KommoClient, KommoClientOptions},
+    kommo::{KommoClient, Lane},
     platform::{config::Need, context::AppContext, deadline::Deadline},
     refresh::{alert::SlackTarget, Alerter, RefreshSettings, Worker},
 };
@@ -19,7 +19,7 @@ async fn main() -> Result<(), Error> {
     let settings = RefreshSettings::from_env(config)?;
     let kommo_secret = ctx.secret(&config.kommo_secret_id);
     let kommo =
-        KommoClient::from_source(kommo_secret, KommoClientOptions::from_config(config)).await?;
+        KommoClient::for_function(kommo_secret, config, ctx.pool.clone(), Lane::Refresh).await?;
     let target = match &config.slack_secret_id {
         Some(id) => SlackTarget::Secret {
             secrets: ctx.secrets.clone(),

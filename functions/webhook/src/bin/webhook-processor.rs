@@ -6,23 +6,36 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use shared::{
     ingest::Pipeline,
-    kommo::{KommoClient, KommoClientOptions},
+    kommo::{KommoClient, Lane},
     platform::{config::Need, context::AppContext},
 };
-use webhook::processor::Processor;
+use webhook::processor::{HoldBack, Processor};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let ctx = AppContext::start("webhook-processor", &[Need::KommoSecret]).await?;
     let kommo_secret = ctx.secret(&ctx.config.kommo_secret_id);
     let kommo =
-        KommoClient::from_source(kommo_secret, KommoClientOptions::from_config(&ctx.config))
+        KommoClient::for_function(kommo_secret, &ctx.config, ctx.pool.clone(), Lane::Webhooks)
             .await?;
-    let processor = Arc::new(Processor::from(Pipeline {
+    // The queue the events come from: outages hold its messages back.
+    let hold_back = ctx
+        .config
+        .kommo_events_queue_url
+        .as_ref()
+        .map(|_| HoldBack {
+            queue: ctx.queue(&ctx.config.kommo_events_queue_url),
+            base: ctx.config.kommo_outage_hold,
+        });
+    let pipeline = Pipeline {
         pool: ctx.pool.clone(),
         flags: ctx.flags.clone(),
         kommo,
-    }));
+    };
+    let processor = Arc::new(Processor {
+        pipeline,
+        hold_back,
+    });
     run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let processor = processor.clone();
         async move {
