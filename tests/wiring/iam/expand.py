@@ -135,6 +135,8 @@ def expand(template_path, given):
         for policy in resolver.value(role["Properties"].get("Policies", [])):
             statements.extend(policy["PolicyDocument"]["Statement"])
         env = resolver.value(props.get("Environment", {}).get("Variables", {}))
+        # Lambda passes every variable as text.
+        env = {k: v if isinstance(v, str) else json.dumps(v) for k, v in env.items()}
         out[name] = {"env": env, "statements": statements}
     return out
 

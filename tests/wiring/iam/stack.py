@@ -9,8 +9,9 @@ Creates the secrets and queues the template refers to, expands the template
 exactly the function's statements, plus a control user per function whose
 policy lacks the last statement. Prints JSON:
 
-  {"FunctionId": {"env": {...}, "statements": [...],
-                  "key": [id, secret], "control_key": [id, secret] | null}}
+  {"admin": [id, secret],
+   "functions": {"FunctionId": {"env": {...}, "statements": [...],
+                                "key": [id, secret], "control_key": [id, secret] | null}}}
 """
 
 import json
@@ -82,7 +83,7 @@ def main():
         spec["control_key"] = (
             user_with(iam, f"{name}-control", spec["statements"][:-1]) if spec["statements"] else None
         )
-    json.dump(functions, sys.stdout, indent=1, sort_keys=True)
+    json.dump({"admin": admin, "functions": functions}, sys.stdout, indent=1, sort_keys=True)
 
 
 if __name__ == "__main__":
