@@ -13,7 +13,8 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::{
-    local::{LocalOptions, LocalSystem},
+    dev,
+    local::{new_lead, LocalOptions, LocalSystem},
     root, stack,
 };
 
@@ -110,8 +111,48 @@ pub fn run() -> Result<()> {
             "xtask: all {} sample events behave as expected",
             files.len()
         );
-        Ok(())
+        run_printed_commands(&sys)
     })
+}
+
+/// Runs every command `cargo xtask dev` prints, as pasted into a shell, against
+/// this system; each must exit 0 (curl with `--fail-with-body` fails on an HTTP error).
+fn run_printed_commands(sys: &LocalSystem) -> Result<()> {
+    let id = new_lead(&sys.dev.kommo, "Events: printed commands");
+    let lead = sys
+        .dev
+        .kommo
+        .leads()
+        .into_iter()
+        .find(|l| l.id == id)
+        .context("the lead just added to the Kommo sandbox")?;
+    let mut failed = Vec::new();
+    let mut count = 0;
+    for line in dev::tries(sys, &lead).into_iter().flat_map(|t| t.commands) {
+        count += 1;
+        let out = Command::new("sh")
+            .args(["-c", &line])
+            .current_dir(root())
+            .output()
+            .context("run sh")?;
+        let first = line.lines().next().unwrap_or_default();
+        if out.status.success() {
+            eprintln!("xtask: printed command ok: {first}");
+        } else {
+            eprintln!(
+                "xtask: printed command FAILED ({}): {line}\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            failed.push(first.to_string());
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{} of the commands `cargo xtask dev` prints failed: {failed:?}", failed.len());
+    }
+    eprintln!("xtask: all {count} commands that `cargo xtask dev` prints work");
+    Ok(())
 }
 
 /// The JSON files in `events/`, sorted.

@@ -7,8 +7,10 @@
 
 mod bench;
 mod demo;
+mod deploy;
 mod dev;
 mod devstack;
+mod env_file;
 mod events;
 mod local;
 mod stack;
@@ -58,6 +60,10 @@ enum Task {
         /// Leads in the Kommo sandbox.
         #[arg(long, default_value_t = 300)]
         leads: usize,
+        /// Start everything but `cargo lambda watch`: run plain `cargo lambda watch` yourself
+        /// (it reads `.env.example`, which names this stack's ports).
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Performance figures next to their baselines and limits (see docs/benchmarks.md).
     Bench(bench::BenchArgs),
@@ -76,10 +82,12 @@ fn main() -> ExitCode {
             port,
             tick_seconds,
             leads,
+            no_watch,
         } => dev::run(dev::DevArgs {
             port,
             tick: std::time::Duration::from_secs(tick_seconds),
             leads,
+            watch: !no_watch,
         }),
         Task::Bench(args) => bench::run(args),
     };
@@ -159,6 +167,8 @@ fn test(extra: &[String]) -> Result<()> {
             .current_dir(root())
             .arg("template.yaml"),
     )?;
+    eprintln!("\nxtask: ── template.yaml, functions/* and samconfig.toml agree ──");
+    deploy::check()?;
     step(
         "cargo clippy",
         cargo().args([
