@@ -24,8 +24,8 @@ pub fn check() -> Result<()> {
              and the local system serves {expected:?}: they must be the same five"
         );
     }
-    let samconfig = std::fs::read_to_string(root().join("samconfig.toml"))
-        .context("read samconfig.toml")?;
+    let samconfig =
+        std::fs::read_to_string(root().join("samconfig.toml")).context("read samconfig.toml")?;
     let arch = samconfig_architecture(&samconfig)?;
     eprintln!(
         "xtask: template.yaml builds exactly {} ({}); sam build and deploy both use {arch}",
@@ -38,7 +38,11 @@ pub fn check() -> Result<()> {
 /// `BuildProperties.Binary` of every `AWS::Serverless::Function`, after
 /// checking each is built by cargo-lambda from the workspace root as `bootstrap`.
 fn template_binaries(template: &str) -> Result<BTreeSet<String>> {
-    for global in ["Handler: bootstrap", "CodeUri: ./", "Runtime: provided.al2023"] {
+    for global in [
+        "Handler: bootstrap",
+        "CodeUri: ./",
+        "Runtime: provided.al2023",
+    ] {
         if !template.lines().any(|l| l.trim() == global) {
             bail!("template.yaml's Globals lack `{global}`");
         }

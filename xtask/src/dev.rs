@@ -108,7 +108,9 @@ pub fn tries(sys: &LocalSystem, lead: &SandboxLead) -> Vec<Try> {
             commands: vec![
                 invoke("webhook", "webhook-lead-status.json"),
                 invoke("webhook-processor", "webhook-processor-sqs.json"),
-                invoke("full-refresh", "full-refresh-start.json"),
+                // The list, not the start: the curl below starts the refresh,
+                // and a second start while one runs answers 409.
+                invoke("full-refresh", "full-refresh-list.json"),
                 invoke("outbox-drain", "outbox-drain-schedule.json"),
             ],
         },
@@ -204,13 +206,13 @@ fn plain_watch_note(sys: &LocalSystem) -> String {
     let actual = env_file::comparable(&sys.dev.function_env());
     let differ = env_file::differences(&example, &actual);
     if differ.is_empty() {
-        "  cargo lambda watch   (reads .env.example; routes as in template.yaml)".to_string()
+        "  cargo lambda watch   (reads .env.example; routes as in template.yaml)\n".to_string()
     } else {
         format!(
-            "  cargo lambda watch --env-file {}\n  (.env.example names the default ports; this \
-             run differs in {})",
-            sys.env_file.display(),
-            differ.join(", ")
+            "  not as it stands: .env.example names the default ports, and this run differs in\n  \
+             {} (DATABASE_URL or AWS_ENDPOINT_URL set?). This run's settings: {}\n",
+            differ.join(", "),
+            sys.env_file.display()
         )
     }
 }

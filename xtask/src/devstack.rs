@@ -87,8 +87,7 @@ impl DevStack {
         seed(&client, &kommo).await?;
 
         let sdk = wiring::aws_config_from_env().await;
-        let mut spec =
-            ProvisionSpec::local(env_file::PREFIX, &kommo.base_url(), &zoho.base_url());
+        let mut spec = ProvisionSpec::local(env_file::PREFIX, &kommo.base_url(), &zoho.base_url());
         spec.kommo.access_token = kommo.token().to_string();
         spec.zoho.client_id = zoho.client_id();
         spec.zoho.client_secret = zoho.client_secret();

@@ -51,10 +51,9 @@ pub fn comparable(env: &[(String, String)]) -> BTreeMap<String, String> {
     env.iter()
         .map(|(k, v)| {
             let v = match v.split_once(":secret:") {
-                Some((_, name)) if k.ends_with("_SECRET_ID") => name
-                    .rsplit_once('-')
-                    .map_or(name, |(n, _)| n)
-                    .to_string(),
+                Some((_, name)) if k.ends_with("_SECRET_ID") => {
+                    name.rsplit_once('-').map_or(name, |(n, _)| n).to_string()
+                }
                 _ => v.clone(),
             };
             (k.clone(), v)
@@ -81,7 +80,7 @@ mod tests {
     /// The account moto puts in every queue URL.
     const MOTO_ACCOUNT: &str = "123456789012";
 
-/// What `cargo xtask dev` gives the functions when it starts every part
+    /// What `cargo xtask dev` gives the functions when it starts every part
     /// itself on the ports above.
     fn dev_defaults() -> Vec<(String, String)> {
         let aws = format!("http://127.0.0.1:{MOTO_PORT}");

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::{
     dev,
+    devstack::wait_until,
     local::{new_lead, LocalOptions, LocalSystem},
     root, stack,
 };
@@ -111,13 +112,13 @@ pub fn run() -> Result<()> {
             "xtask: all {} sample events behave as expected",
             files.len()
         );
-        run_printed_commands(&sys)
+        run_printed_commands(&sys).await
     })
 }
 
 /// Runs every command `cargo xtask dev` prints, as pasted into a shell, against
 /// this system; each must exit 0 (curl with `--fail-with-body` fails on an HTTP error).
-fn run_printed_commands(sys: &LocalSystem) -> Result<()> {
+async fn run_printed_commands(sys: &LocalSystem) -> Result<()> {
     let id = new_lead(&sys.dev.kommo, "Events: printed commands");
     let lead = sys
         .dev
@@ -126,6 +127,9 @@ fn run_printed_commands(sys: &LocalSystem) -> Result<()> {
         .into_iter()
         .find(|l| l.id == id)
         .context("the lead just added to the Kommo sandbox")?;
+    // The sample start event queued a refresh; the printed start would meet it and answer 409.
+    let db = sys.dev.db().await?;
+    refresh_finished(&db).await?;
     let mut failed = Vec::new();
     let mut count = 0;
     for line in dev::tries(sys, &lead).into_iter().flat_map(|t| t.commands) {
@@ -149,8 +153,13 @@ fn run_printed_commands(sys: &LocalSystem) -> Result<()> {
         }
     }
     if !failed.is_empty() {
-        bail!("{} of the commands `cargo xtask dev` prints failed: {failed:?}", failed.len());
+        bail!(
+            "{} of the commands `cargo xtask dev` prints failed: {failed:?}",
+            failed.len()
+        );
     }
+    // The printed start queued one too; left queued, it would answer the next run's start.
+    refresh_finished(&db).await?;
     eprintln!("xtask: all {count} commands that `cargo xtask dev` prints work");
     Ok(())
 }
@@ -199,4 +208,23 @@ fn invoke(
     }
     Ok(serde_json::from_str::<Value>(text.trim())
         .map_err(|e| format!("response is not JSON ({e}): {text}")))
+}
+
+/// Waits until no full refresh is queued or running.
+async fn refresh_finished(db: &tokio_postgres::Client) -> Result<()> {
+    let idle = wait_until(Duration::from_secs(300), || async {
+        let active: i64 = db
+            .query_one(
+                "SELECT count(*) FROM kommo_import_runs WHERE status IN ('queued', 'running')",
+                &[],
+            )
+            .await?
+            .get(0);
+        Ok(active == 0)
+    })
+    .await?;
+    if !idle {
+        bail!("a full refresh is still queued or running after five minutes");
+    }
+    Ok(())
 }

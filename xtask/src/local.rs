@@ -85,7 +85,7 @@ pub struct LocalSystem {
     pub base: String,
     pub port: u16,
     pub watch_log: PathBuf,
-    /// The functions' environment, for `cargo lambda watch --env-file`.
+    /// The functions' environment, as an env file.
     pub env_file: PathBuf,
     _event_sources: Vec<StopHandle>,
 }
@@ -100,9 +100,14 @@ impl LocalSystem {
         let logs = root().join("target/dev");
         std::fs::create_dir_all(&logs)?;
         let watch_log = logs.join("lambda-watch.log");
-        // Named on the command line, it wins over the `env_file` of the
-        // workspace metadata (`.env.example`, which names fixed ports).
-        let env_file = logs.join(format!("lambda-{}.env", opts.port));
+        // `cargo lambda watch` re-reads the metadata's `env_file` (the
+        // relative `.env.example`, which names fixed ports) from its working
+        // directory before starting each function, and lets it win over
+        // `--env-file`. So this run's watch works in a directory of its own
+        // whose `.env.example` holds this run's settings.
+        let watch_dir = logs.join(format!("watch-{}", opts.port));
+        std::fs::create_dir_all(&watch_dir)?;
+        let env_file = watch_dir.join(env_file::EXAMPLE);
         env_file::write(&env_file, &dev.function_env())?;
         if opts.watch {
             eprintln!(
@@ -140,7 +145,8 @@ fn prebuild_functions() -> Result<()> {
     crate::step("cargo build (the functions)", &mut build)
 }
 
-/// Starts `cargo lambda watch` with the environment in `env_file`; its output goes to `log`.
+/// Starts `cargo lambda watch` with the environment in `env_file`, from
+/// that file's directory; its output goes to `log`.
 fn start_lambda_watch(env_file: &Path, port: u16, log: &Path) -> Result<()> {
     // Otherwise the wait below would find someone else's server and call it ours.
     if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
@@ -162,9 +168,11 @@ fn start_lambda_watch(env_file: &Path, port: u16, log: &Path) -> Result<()> {
                 "-P",
             ])
             .arg(port.to_string())
+            .arg("--manifest-path")
+            .arg(root().join("Cargo.toml"))
             .arg("--env-file")
             .arg(env_file)
-            .current_dir(root())
+            .current_dir(env_file.parent().unwrap_or(&root()))
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file),
