@@ -1,9 +1,11 @@
 //! Developer tasks, run as `cargo xtask <task>`.
 //!
 //! `test` is the one test command (CI runs it): it starts its own PostgreSQL
-//! and moto server, runs formatting, lints, `cfn-lint`, every test, every
-//! sample event through `cargo lambda watch` and the benchmark's smoke run,
-//! and stops what it started even when a step fails.
+//! and moto server, runs formatting, lints, `cfn-lint`, the check that the
+//! template, the function binaries and `samconfig.toml` agree, every test,
+//! every sample event and every command `dev` prints through `cargo lambda
+//! watch`, and the benchmark's smoke run, and stops what it started even when
+//! a step fails.
 
 mod bench;
 mod demo;
@@ -204,7 +206,7 @@ fn test(extra: &[String]) -> Result<()> {
     for (k, v) in &aws_env {
         std::env::set_var(k, v);
     }
-    eprintln!("\nxtask: ── sample events through cargo lambda watch ──");
+    eprintln!("\nxtask: ── sample events and printed commands through cargo lambda watch ──");
     events::run()?;
     eprintln!("\nxtask: ── cargo xtask bench --smoke ──");
     bench::run_smoke(&pg.admin_url, &aws_env)?;
