@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use sandbox::kommo::SandboxLead;
 
 use crate::{
     devstack::DevOptions,
     env_file,
-    local::{new_lead, LocalOptions, LocalSystem},
+    local::{LocalOptions, LocalSystem},
     stack,
 };
 
@@ -41,16 +41,7 @@ pub fn run(args: DevArgs) -> Result<()> {
             watch: args.watch,
         })
         .await?;
-        // A lead that becomes a booking (open status, dates, a contact), so the
-        // curl in the banner shows the whole path: webhook → booking → Zoho.
-        let id = new_lead(&sys.dev.kommo, "Dev: jet ski weekend");
-        let lead = sys
-            .dev
-            .kommo
-            .leads()
-            .into_iter()
-            .find(|l| l.id == id)
-            .context("the lead just added to the Kommo sandbox")?;
+        let lead = sys.lead_for_banner("Dev: jet ski weekend")?;
         println!("{}", banner(&sys, args.tick, &lead, args.watch));
         // The Ctrl-C handler stops children and exits; until then, serve.
         std::future::pending::<()>().await;
@@ -76,32 +67,18 @@ pub fn tries(sys: &LocalSystem, lead: &SandboxLead) -> Vec<Try> {
         "admin",
         86_400,
     );
-    let curl = "curl -sS --fail-with-body";
+
     let invoke = |function: &str, file: &str| {
         format!(
             "cargo lambda invoke --invoke-address 127.0.0.1 --invoke-port {port} {function} \
              --data-file events/{file}"
         )
     };
-    let booking = format!(
-        r#"{{"external_code":"MAN-DEV-{}","client":{{"full_name":"Grace Hopper","email":"grace@example.com"}},"start_at":"2027-01-10T09:00:00Z","end_at":"2027-01-12T18:00:00Z","title":"Van hire"}}"#,
-        lead.id
-    );
     vec![
         Try {
             what: "Send a Kommo webhook (a status change of the new lead; within seconds it is \
                    a booking, then a Zoho sales order)",
-            commands: vec![format!(
-                "{curl} -X POST '{base}/kommo/webhook/{token}' \\\n     \
-                 -H 'content-type: application/x-www-form-urlencoded' \\\n     \
-                 --data 'leads[status][0][id]={id}&leads[status][0][status_id]={status}\
-                 &leads[status][0][pipeline_id]={pipeline}&account[id]={account}'",
-                token = dev.spec.kommo.webhook_token,
-                id = lead.id,
-                status = lead.status_id,
-                pipeline = lead.pipeline_id,
-                account = dev.kommo.account().id,
-            )],
+            commands: vec![webhook_curl(sys, lead)],
         },
         Try {
             what: "Invoke a function with a sample event",
@@ -116,20 +93,17 @@ pub fn tries(sys: &LocalSystem, lead: &SandboxLead) -> Vec<Try> {
         },
         Try {
             what: "Book by hand, as staff do when Kommo is down",
-            commands: vec![format!(
-                "{curl} -X POST '{base}/bookings' -H 'authorization: Bearer {jwt}' \\\n     \
-                 -H 'content-type: application/json' -d '{booking}'"
-            )],
+            commands: vec![booking_curl(sys, lead, &jwt)],
         },
         Try {
             what: "Start a full refresh as a staff user, then list the runs",
             commands: vec![
                 format!(
-                    "{curl} -X POST '{base}/integrations/kommo/full-refresh' \\\n     \
+                    "{CURL} -X POST '{base}/integrations/kommo/full-refresh' \\\n     \
                      -H 'authorization: Bearer {jwt}' -H 'content-type: application/json' -d '{{}}'"
                 ),
                 format!(
-                    "{curl} '{base}/integrations/kommo/full-refresh' -H 'authorization: Bearer {jwt}'"
+                    "{CURL} '{base}/integrations/kommo/full-refresh' -H 'authorization: Bearer {jwt}'"
                 ),
             ],
         },
@@ -147,6 +121,38 @@ pub fn tries(sys: &LocalSystem, lead: &SandboxLead) -> Vec<Try> {
                 .to_vec(),
         },
     ]
+}
+
+const CURL: &str = "curl -sS --fail-with-body";
+
+/// A Kommo status-change delivery of `lead` to the receiver's route.
+fn webhook_curl(sys: &LocalSystem, lead: &SandboxLead) -> String {
+    let dev = &sys.dev;
+    format!(
+        "{CURL} -X POST '{base}/kommo/webhook/{token}' \\\n     \
+         -H 'content-type: application/x-www-form-urlencoded' \\\n     \
+         --data 'leads[status][0][id]={id}&leads[status][0][status_id]={status}\
+         &leads[status][0][pipeline_id]={pipeline}&account[id]={account}'",
+        base = sys.base,
+        token = dev.spec.kommo.webhook_token,
+        id = lead.id,
+        status = lead.status_id,
+        pipeline = lead.pipeline_id,
+        account = dev.kommo.account().id,
+    )
+}
+
+/// A manual booking whose external code is the lead's, so it is new once per lead.
+fn booking_curl(sys: &LocalSystem, lead: &SandboxLead, jwt: &str) -> String {
+    let booking = format!(
+        r#"{{"external_code":"MAN-DEV-{}","client":{{"full_name":"Grace Hopper","email":"grace@example.com"}},"start_at":"2027-01-10T09:00:00Z","end_at":"2027-01-12T18:00:00Z","title":"Van hire"}}"#,
+        lead.id
+    );
+    format!(
+        "{CURL} -X POST '{}/bookings' -H 'authorization: Bearer {jwt}' \\\n     \
+         -H 'content-type: application/json' -d '{booking}'",
+        sys.base
+    )
 }
 
 /// Where everything runs and what to try, with `lead` in the sample webhook.

@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::{
     dev,
     devstack::wait_until,
-    local::{new_lead, LocalOptions, LocalSystem},
+    local::{LocalOptions, LocalSystem},
     root, stack,
 };
 
@@ -119,14 +119,7 @@ pub fn run() -> Result<()> {
 /// Runs every command `cargo xtask dev` prints, as pasted into a shell, against
 /// this system; each must exit 0 (curl with `--fail-with-body` fails on an HTTP error).
 async fn run_printed_commands(sys: &LocalSystem) -> Result<()> {
-    let id = new_lead(&sys.dev.kommo, "Events: printed commands");
-    let lead = sys
-        .dev
-        .kommo
-        .leads()
-        .into_iter()
-        .find(|l| l.id == id)
-        .context("the lead just added to the Kommo sandbox")?;
+    let lead = sys.lead_for_banner("Events: printed commands")?;
     // The sample start event queued a refresh; the printed start would meet it and answer 409.
     let db = sys.dev.db().await?;
     refresh_finished(&db).await?;

@@ -130,6 +130,20 @@ impl LocalSystem {
     }
 }
 
+impl LocalSystem {
+    /// A new lead that becomes a booking (open status, dates, a contact), for
+    /// the commands `dev` prints: they show the whole path, webhook → booking → Zoho.
+    pub fn lead_for_banner(&self, name: &str) -> Result<SandboxLead> {
+        let id = new_lead(&self.dev.kommo, name);
+        self.dev
+            .kommo
+            .leads()
+            .into_iter()
+            .find(|l| l.id == id)
+            .context("the lead just added to the Kommo sandbox")
+    }
+}
+
 /// Builds each function the way `cargo lambda watch` runs it (`cargo run --bin <name>`), so
 /// the first invocation does not wait for a compile inside the emulator's timeout.
 fn prebuild_functions() -> Result<()> {
