@@ -29,7 +29,7 @@ pub fn run() -> Result<()> {
         let started = Instant::now();
         let sys = LocalSystem::start(LocalOptions::scripted(Duration::from_secs(2))?).await?;
         let demo = Demo::new(&sys).await?;
-        progress("1/4 new Kommo lead → booking → Zoho (first run builds the functions)");
+        progress("1/4 new Kommo lead → booking → Zoho");
         let (first, lead_id) = demo.new_lead_reaches_zoho().await?;
         progress("2/4 status change delivered twice");
         let second = demo.status_change_twice(lead_id).await?;

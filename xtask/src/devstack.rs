@@ -11,12 +11,15 @@ use sandbox::{
 };
 use wiring::{ProvisionSpec, Provisioned};
 
-use crate::stack;
+use crate::{env_file, stack};
 
 #[derive(Clone, Copy)]
 pub struct DevOptions {
     pub leads: usize,
     pub contacts: usize,
+    /// Ports; 0 is any free one.
+    pub pg_port: u16,
+    pub moto_port: u16,
     pub kommo_port: u16,
     pub zoho_port: u16,
 }
@@ -26,6 +29,8 @@ impl Default for DevOptions {
         DevOptions {
             leads: 300,
             contacts: 200,
+            pg_port: 0,
+            moto_port: 0,
             kommo_port: 0,
             zoho_port: 0,
         }
@@ -46,10 +51,10 @@ pub struct DevStack {
 impl DevStack {
     /// Starts (or reuses, through `DATABASE_URL` / `AWS_ENDPOINT_URL`) every part.
     pub async fn start(work: &Path, opts: DevOptions) -> Result<Self> {
-        let pg = stack::postgres(work)?;
+        let pg = stack::postgres_on(work, opts.pg_port)?;
         let aws_endpoint = match std::env::var("AWS_ENDPOINT_URL") {
             Ok(url) => url,
-            Err(_) => stack::moto(work)?,
+            Err(_) => stack::moto_on(work, opts.moto_port)?,
         };
         for (k, v) in stack::aws_env(&aws_endpoint) {
             // Only this process and its children; set before any SDK client is built.
@@ -82,7 +87,7 @@ impl DevStack {
         seed(&client, &kommo).await?;
 
         let sdk = wiring::aws_config_from_env().await;
-        let mut spec = ProvisionSpec::local("dev", &kommo.base_url(), &zoho.base_url());
+        let mut spec = ProvisionSpec::local(env_file::PREFIX, &kommo.base_url(), &zoho.base_url());
         spec.kommo.access_token = kommo.token().to_string();
         spec.zoho.client_id = zoho.client_id();
         spec.zoho.client_secret = zoho.client_secret();
@@ -106,20 +111,7 @@ impl DevStack {
 
     /// Environment for the functions (config names as `shared::platform::config` reads them).
     pub fn function_env(&self) -> Vec<(String, String)> {
-        let mut env = vec![
-            ("DATABASE_URL".to_string(), self.db_url.clone()),
-            ("RUST_LOG".to_string(), "info".to_string()),
-            ("STAFF_ROLES".to_string(), "admin,ops".to_string()),
-            ("OUTBOX_BACKOFF_BASE_SECONDS".to_string(), "2".to_string()),
-            ("OUTBOX_BACKOFF_CAP_SECONDS".to_string(), "10".to_string()),
-            (
-                "ZOHO_PRODUCT_ID".to_string(),
-                "5725767000000649013".to_string(),
-            ),
-        ];
-        env.extend(stack::aws_env(&self.aws_endpoint));
-        env.extend(self.provisioned.env());
-        env
+        function_env(&self.db_url, &self.aws_endpoint, self.provisioned.env())
     }
 
     pub async fn db(&self) -> Result<tokio_postgres::Client> {
@@ -127,6 +119,30 @@ impl DevStack {
             .connect()
             .await?)
     }
+}
+
+/// The functions' environment for a stack at `db_url` and `aws_endpoint`,
+/// with the queues and secrets of `provisioned`.
+pub fn function_env(
+    db_url: &str,
+    aws_endpoint: &str,
+    provisioned: Vec<(String, String)>,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("DATABASE_URL", db_url),
+        ("RUST_LOG", "info"),
+        // Read by people in a terminal, not by CloudWatch.
+        ("AWS_LAMBDA_LOG_FORMAT", "Text"),
+        ("STAFF_ROLES", "admin,ops"),
+        ("OUTBOX_BACKOFF_BASE_SECONDS", "2"),
+        ("OUTBOX_BACKOFF_CAP_SECONDS", "10"),
+        ("ZOHO_PRODUCT_ID", "5725767000000649013"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .to_vec();
+    env.extend(stack::aws_env(aws_endpoint));
+    env.extend(provisioned);
+    env
 }
 
 /// Flags on, and the sandbox's users mapped to staff accounts.

@@ -13,6 +13,8 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::{
+    dev,
+    devstack::wait_until,
     local::{LocalOptions, LocalSystem},
     root, stack,
 };
@@ -110,8 +112,49 @@ pub fn run() -> Result<()> {
             "xtask: all {} sample events behave as expected",
             files.len()
         );
-        Ok(())
+        run_printed_commands(&sys).await
     })
+}
+
+/// Runs every command `cargo xtask dev` prints, as pasted into a shell, against
+/// this system; each must exit 0 (curl with `--fail-with-body` fails on an HTTP error).
+async fn run_printed_commands(sys: &LocalSystem) -> Result<()> {
+    let lead = sys.lead_for_banner("Events: printed commands")?;
+    // The sample start event queued a refresh; the printed start would meet it and answer 409.
+    let db = sys.dev.db().await?;
+    refresh_finished(&db).await?;
+    let mut failed = Vec::new();
+    let mut count = 0;
+    for line in dev::tries(sys, &lead).into_iter().flat_map(|t| t.commands) {
+        count += 1;
+        let out = Command::new("sh")
+            .args(["-c", &line])
+            .current_dir(root())
+            .output()
+            .context("run sh")?;
+        let first = line.lines().next().unwrap_or_default();
+        if out.status.success() {
+            eprintln!("xtask: printed command ok: {first}");
+        } else {
+            eprintln!(
+                "xtask: printed command FAILED ({}): {line}\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            failed.push(first.to_string());
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of the commands `cargo xtask dev` prints failed: {failed:?}",
+            failed.len()
+        );
+    }
+    // The printed start queued one too; left queued, it would answer the next run's start.
+    refresh_finished(&db).await?;
+    eprintln!("xtask: all {count} commands that `cargo xtask dev` prints work");
+    Ok(())
 }
 
 /// The JSON files in `events/`, sorted.
@@ -158,4 +201,23 @@ fn invoke(
     }
     Ok(serde_json::from_str::<Value>(text.trim())
         .map_err(|e| format!("response is not JSON ({e}): {text}")))
+}
+
+/// Waits until no full refresh is queued or running.
+async fn refresh_finished(db: &tokio_postgres::Client) -> Result<()> {
+    let idle = wait_until(Duration::from_secs(300), || async {
+        let active: i64 = db
+            .query_one(
+                "SELECT count(*) FROM kommo_import_runs WHERE status IN ('queued', 'running')",
+                &[],
+            )
+            .await?
+            .get(0);
+        Ok(active == 0)
+    })
+    .await?;
+    if !idle {
+        bail!("a full refresh is still queued or running after five minutes");
+    }
+    Ok(())
 }

@@ -22,7 +22,7 @@ use wiring::{HttpInvoker, Invoker, PumpConfig, ScheduleTicker, SqsPump, StopHand
 
 use crate::{
     devstack::{DevOptions, DevStack},
-    root, stack,
+    env_file, root, stack,
 };
 
 /// A new lead copies the status of a lead in none of these, an open one.
@@ -54,6 +54,9 @@ pub struct LocalOptions {
     /// Pumps that poll every second and retry a failed webhook after two
     /// seconds, so a scripted run does not wait on the usual pace.
     pub quick_pumps: bool,
+    /// Start `cargo lambda watch`; without it the pumps and the ticker call
+    /// the one the developer runs on `port`.
+    pub watch: bool,
 }
 
 impl LocalOptions {
@@ -70,6 +73,7 @@ impl LocalOptions {
             tick,
             invoke_timeout: Duration::from_secs(600),
             quick_pumps: true,
+            watch: true,
         })
     }
 }
@@ -81,23 +85,38 @@ pub struct LocalSystem {
     pub base: String,
     pub port: u16,
     pub watch_log: PathBuf,
+    /// The functions' environment, as an env file.
+    pub env_file: PathBuf,
     _event_sources: Vec<StopHandle>,
 }
 
 impl LocalSystem {
     pub async fn start(opts: LocalOptions) -> Result<Self> {
-        prebuild_functions()?;
+        if opts.watch {
+            prebuild_functions()?;
+        }
         let work = crate::workdir()?;
         let dev = DevStack::start(&work, opts.stack).await?;
         let logs = root().join("target/dev");
         std::fs::create_dir_all(&logs)?;
         let watch_log = logs.join("lambda-watch.log");
-        eprintln!(
-            "xtask: starting cargo lambda watch on port {} (log: {})",
-            opts.port,
-            watch_log.display()
-        );
-        start_lambda_watch(&dev.function_env(), opts.port, &watch_log)?;
+        // `cargo lambda watch` re-reads the metadata's `env_file` (the
+        // relative `.env.example`, which names fixed ports) from its working
+        // directory before starting each function, and lets it win over
+        // `--env-file`. So this run's watch works in a directory of its own
+        // whose `.env.example` holds this run's settings.
+        let watch_dir = logs.join(format!("watch-{}", opts.port));
+        std::fs::create_dir_all(&watch_dir)?;
+        let env_file = watch_dir.join(env_file::EXAMPLE);
+        env_file::write(&env_file, &dev.function_env())?;
+        if opts.watch {
+            eprintln!(
+                "xtask: starting cargo lambda watch on port {} (log: {})",
+                opts.port,
+                watch_log.display()
+            );
+            start_lambda_watch(&env_file, opts.port, &watch_log)?;
+        }
         let base = format!("http://127.0.0.1:{}", opts.port);
         let event_sources = start_event_sources(&dev, &base, &opts).await?;
         Ok(LocalSystem {
@@ -105,25 +124,44 @@ impl LocalSystem {
             base,
             port: opts.port,
             watch_log,
+            env_file,
             _event_sources: event_sources,
         })
+    }
+}
+
+impl LocalSystem {
+    /// A new lead that becomes a booking (open status, dates, a contact), for
+    /// the commands `dev` prints: they show the whole path, webhook → booking → Zoho.
+    pub fn lead_for_banner(&self, name: &str) -> Result<SandboxLead> {
+        let id = new_lead(&self.dev.kommo, name);
+        self.dev
+            .kommo
+            .leads()
+            .into_iter()
+            .find(|l| l.id == id)
+            .context("the lead just added to the Kommo sandbox")
     }
 }
 
 /// Builds each function the way `cargo lambda watch` runs it (`cargo run --bin <name>`), so
 /// the first invocation does not wait for a compile inside the emulator's timeout.
 fn prebuild_functions() -> Result<()> {
+    eprintln!(
+        "xtask: building the five functions (the first run compiles the AWS SDK and takes \
+         several minutes; later runs take seconds)…"
+    );
+    let mut build = crate::cargo();
+    build.arg("build");
     for bin in FUNCTIONS {
-        crate::step(
-            &format!("cargo build --bin {bin}"),
-            crate::cargo().args(["build", "--quiet", "--bin", bin]),
-        )?;
+        build.args(["--bin", bin]);
     }
-    Ok(())
+    crate::step("cargo build (the functions)", &mut build)
 }
 
-/// Starts `cargo lambda watch` with the stack's environment; its output goes to `log`.
-fn start_lambda_watch(stack_env: &[(String, String)], port: u16, log: &Path) -> Result<()> {
+/// Starts `cargo lambda watch` with the environment in `env_file`, from
+/// that file's directory; its output goes to `log`.
+fn start_lambda_watch(env_file: &Path, port: u16, log: &Path) -> Result<()> {
     // Otherwise the wait below would find someone else's server and call it ours.
     if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
         anyhow::bail!(
@@ -144,8 +182,11 @@ fn start_lambda_watch(stack_env: &[(String, String)], port: u16, log: &Path) -> 
                 "-P",
             ])
             .arg(port.to_string())
-            .current_dir(root())
-            .envs(stack_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .arg("--manifest-path")
+            .arg(root().join("Cargo.toml"))
+            .arg("--env-file")
+            .arg(env_file)
+            .current_dir(env_file.parent().unwrap_or(&root()))
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file),

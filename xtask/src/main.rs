@@ -1,14 +1,18 @@
 //! Developer tasks, run as `cargo xtask <task>`.
 //!
 //! `test` is the one test command (CI runs it): it starts its own PostgreSQL
-//! and moto server, runs formatting, lints, `cfn-lint`, every test, every
-//! sample event through `cargo lambda watch` and the benchmark's smoke run,
-//! and stops what it started even when a step fails.
+//! and moto server, runs formatting, lints, `cfn-lint`, the check that the
+//! template, the function binaries and `samconfig.toml` agree, every test,
+//! every sample event and every command `dev` prints through `cargo lambda
+//! watch`, and the benchmark's smoke run, and stops what it started even when
+//! a step fails.
 
 mod bench;
 mod demo;
+mod deploy;
 mod dev;
 mod devstack;
+mod env_file;
 mod events;
 mod local;
 mod stack;
@@ -58,6 +62,10 @@ enum Task {
         /// Leads in the Kommo sandbox.
         #[arg(long, default_value_t = 300)]
         leads: usize,
+        /// Start everything but `cargo lambda watch`: run plain `cargo lambda watch` yourself
+        /// (it reads `.env.example`, which names this stack's ports).
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Performance figures next to their baselines and limits (see docs/benchmarks.md).
     Bench(bench::BenchArgs),
@@ -76,10 +84,12 @@ fn main() -> ExitCode {
             port,
             tick_seconds,
             leads,
+            no_watch,
         } => dev::run(dev::DevArgs {
             port,
             tick: std::time::Duration::from_secs(tick_seconds),
             leads,
+            watch: !no_watch,
         }),
         Task::Bench(args) => bench::run(args),
     };
@@ -159,6 +169,8 @@ fn test(extra: &[String]) -> Result<()> {
             .current_dir(root())
             .arg("template.yaml"),
     )?;
+    eprintln!("\nxtask: ── template.yaml, functions/* and samconfig.toml agree ──");
+    deploy::check()?;
     step(
         "cargo clippy",
         cargo().args([
@@ -194,7 +206,7 @@ fn test(extra: &[String]) -> Result<()> {
     for (k, v) in &aws_env {
         std::env::set_var(k, v);
     }
-    eprintln!("\nxtask: ── sample events through cargo lambda watch ──");
+    eprintln!("\nxtask: ── sample events and printed commands through cargo lambda watch ──");
     events::run()?;
     eprintln!("\nxtask: ── cargo xtask bench --smoke ──");
     bench::run_smoke(&pg.admin_url, &aws_env)?;

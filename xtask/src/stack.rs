@@ -57,6 +57,18 @@ pub fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// `port` when it is free, a free one when it is 0; a port in use is an
+/// error, since a fixed port is one that a file (`.env.example`) names.
+pub fn port_or_free(port: u16, what: &str) -> Result<u16> {
+    if port == 0 {
+        return free_port();
+    }
+    if TcpListener::bind(("127.0.0.1", port)).is_err() {
+        bail!("port {port} for {what} is already in use; stop what holds it");
+    }
+    Ok(port)
+}
+
 pub fn wait_for_port(port: u16, what: &str, timeout: Duration) -> Result<()> {
     let start = Instant::now();
     while start.elapsed() < timeout {
@@ -156,12 +168,17 @@ pub struct Postgres {
 
 /// Uses `DATABASE_URL` when set; otherwise starts a throwaway cluster.
 pub fn postgres(workdir: &Path) -> Result<Postgres> {
+    postgres_on(workdir, 0)
+}
+
+/// [`postgres`] on `port` (0: any free port).
+pub fn postgres_on(workdir: &Path, port: u16) -> Result<Postgres> {
     if let Ok(url) = std::env::var("DATABASE_URL") {
         eprintln!("xtask: using the PostgreSQL at DATABASE_URL");
         return Ok(Postgres { admin_url: url });
     }
     let bin = pg_bin_dir()?;
-    let port = free_port()?;
+    let port = port_or_free(port, "PostgreSQL")?;
     let dir = workdir.join(format!("pg-{}-{port}", std::process::id()));
     let data = dir.join("data");
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -337,8 +354,13 @@ fn require_passwords_of_group(data: &Path) -> Result<()> {
 
 /// Starts moto_server on a free port and returns its endpoint URL.
 pub fn moto(workdir: &Path) -> Result<String> {
+    moto_on(workdir, 0)
+}
+
+/// [`moto`] on `port` (0: any free port).
+pub fn moto_on(workdir: &Path, port: u16) -> Result<String> {
     let bin = ensure_pip_tool("moto_server", "moto[server]")?;
-    let port = free_port()?;
+    let port = port_or_free(port, "moto_server")?;
     let log_path = workdir.join(format!("moto-{port}.log"));
     note_log("moto_server", log_path.clone());
     let log = std::fs::File::create(&log_path)?;

@@ -1,25 +1,34 @@
-//! JSON logs for CloudWatch and CloudWatch Embedded Metric Format (EMF).
+//! Logs and CloudWatch Embedded Metric Format (EMF).
 //!
+//! Log lines follow the function's Lambda logging settings
+//! (`AWS_LAMBDA_LOG_FORMAT`, `AWS_LAMBDA_LOG_LEVEL`) and carry what AWS
+//! Powertools puts on every line: `service`, `function_name`, `cold_start`.
 //! The Lambda runtime wraps every invocation in a span carrying `requestId`,
-//! so JSON log lines include it; our own correlation ids (delivery id, outbox
-//! id, run id) go in spans opened by the handlers.
+//! so lines include it; our own correlation ids (delivery id, outbox id, run
+//! id) go in spans opened by the handlers.
+
+mod log_format;
 
 use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-/// Installs the JSON subscriber once; `RUST_LOG` sets the filter (default `info`).
+pub use log_format::LogSettings;
+
+/// The EMF namespace of every metric this system emits.
+pub const NAMESPACE: &str = "KommoZoho";
+
+/// Installs the log subscriber once, as the process environment configures it.
 pub fn init() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_current_span(true)
-        .with_span_list(false)
-        .with_target(false)
-        .without_time()
-        .try_init();
+    let (settings, problem) = match crate::platform::config::Env::load_process(LogSettings::read) {
+        Ok(s) => (s, None),
+        Err(e) => (LogSettings::default(), Some(e)),
+    };
+    let installed =
+        tracing::subscriber::set_global_default(settings.subscriber(std::io::stdout)).is_ok();
+    if let (true, Some(e)) = (installed, problem) {
+        tracing::warn!(error = %e, "logging settings ignored; using JSON at info");
+    }
 }
 
 /// CloudWatch units used here.
