@@ -8,28 +8,6 @@ use uuid::Uuid;
 
 use crate::{kommo::webhook::body_hash, platform::db::DbError};
 
-/// Records a body the receiver could not parse. A repeat of the same body
-/// counts as a duplicate of the first rejection.
-pub async fn record_rejected(
-    client: &Client,
-    body: &[u8],
-    account_id: Option<i64>,
-    error: &str,
-) -> Result<(), DbError> {
-    let raw = String::from_utf8_lossy(body);
-    client
-        .execute(
-            &client.prepare_cached("INSERT INTO kommo_webhook_events (dedupe_key, account_id, raw_payload, status, error)
-             VALUES ($1, $2, $3, 'rejected', $4)
-             ON CONFLICT (dedupe_key) DO UPDATE
-                SET duplicate_count = kommo_webhook_events.duplicate_count + 1,
-                    updated_at = now()").await?,
-            &[&body_hash(body), &account_id, &raw.as_ref(), &error],
-        )
-        .await?;
-    Ok(())
-}
-
 /// A delivery's row in `kommo_webhook_events`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRow {
