@@ -620,3 +620,35 @@ async fn after_the_receive_limit_the_delivery_is_in_the_dlq_and_the_events_table
     assert_eq!(row.get::<_, i32>(1), 2);
     assert!(row.get::<_, Option<String>>(2).unwrap().contains("502"));
 }
+
+#[tokio::test]
+async fn a_nul_from_kommo_is_dropped_instead_of_failing_the_delivery() {
+    let w = World::new().await;
+    let lead_id = w.bookable_lead();
+    // The API answers the lead's name with `\u0000`, which jsonb and text refuse.
+    let mut lead = w.kommo.lead(lead_id).unwrap();
+    lead.name = "Safari\0 booking".into();
+    w.kommo.upsert_lead(lead);
+    // The delivery carries `%00` in a field too.
+    let body = w
+        .kommo
+        .webhook_body(&[WebhookEvent::lead_status(lead_id, 1)])
+        + "&leads[status][0][name]=x%00y";
+    let mut req = load_event("webhook-contact-update.json");
+    req.body = Some(body);
+    assert_eq!(w.app.handle(req).await.status_code, 200);
+
+    let (resp, report) = w.processor().handle(batch(w.queued().await)).await;
+    assert!(resp.batch_item_failures.is_empty(), "{report:?}");
+    assert_eq!(report.processed, 1);
+    let c = w.db.client().await;
+    let name: String = c
+        .query_one(
+            "SELECT name FROM sales_leads WHERE kommo_lead_id = $1",
+            &[&lead_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "Safari booking");
+}
