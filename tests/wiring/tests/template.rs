@@ -12,7 +12,11 @@ fn kommo_deliveries_have_a_throttle_of_their_own_above_the_staff_routes() {
         .arg(root.join("template.yaml"))
         .output()
         .expect("python3 with cfn-lint's aws-sam-translator");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stage: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let default = stage["default"]["ThrottlingRateLimit"].as_f64().unwrap();
     for route in ["ANY /kommo/webhook/{token}", "ANY /kommo/webhook"] {
