@@ -14,7 +14,7 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use shared::{
     ingest::{outage, BatchOutcome, BatchReport, Pipeline, QueuedMessage},
-    platform::sqs::Queue,
+    platform::{deadline::Deadline, sqs::Queue},
 };
 
 pub struct Processor {
@@ -42,6 +42,15 @@ impl From<Pipeline> for Processor {
 impl Processor {
     /// Handles one SQS batch; the response lists the records to retry.
     pub async fn handle(&self, event: SqsEvent) -> (SqsBatchResponse, BatchReport) {
+        self.handle_until(event, &Deadline::none()).await
+    }
+
+    /// [`Processor::handle`], handing back what is left when `deadline` nears.
+    pub async fn handle_until(
+        &self,
+        event: SqsEvent,
+        deadline: &Deadline,
+    ) -> (SqsBatchResponse, BatchReport) {
         // A record without an id or a body is still recorded (as
         // unprocessable) rather than dropped unseen.
         let messages: Vec<QueuedMessage<'_>> = event
@@ -52,23 +61,22 @@ impl Processor {
                 body: r.body.as_deref().unwrap_or(""),
             })
             .collect();
-        let outcome = self.pipeline.process(&messages).await;
+        let outcome = self.pipeline.process_until(&messages, deadline).await;
         self.hold(&event.records, &outcome).await;
         let mut resp = SqsBatchResponse::default();
         resp.batch_item_failures = outcome.retry.into_iter().map(failure).collect();
         (resp, outcome.report)
     }
 
-    /// Gives each held-back record its growing wait. A failure here only
-    /// means the record comes back after the visibility timeout.
+    /// Gives each held-back record its growing wait, and a handed-back one
+    /// none. A failure here only means the record comes back after the
+    /// visibility timeout.
     async fn hold(&self, records: &[SqsMessage], outcome: &BatchOutcome) {
         let Some(hold) = &self.hold_back else { return };
         for r in records {
-            let held = r
-                .message_id
-                .as_ref()
-                .is_some_and(|id| outcome.held_back.contains(id));
-            let Some(receipt) = r.receipt_handle.as_deref().filter(|_| held) else {
+            let listed = |ids: &[String]| r.message_id.as_ref().is_some_and(|id| ids.contains(id));
+            let (held, handed_back) = (listed(&outcome.held_back), listed(&outcome.handed_back));
+            let Some(receipt) = r.receipt_handle.as_deref().filter(|_| held || handed_back) else {
                 continue;
             };
             let received = r
@@ -76,8 +84,17 @@ impl Processor {
                 .get("ApproximateReceiveCount")
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(1);
-            let wait = outage::hold_back(received, hold.base);
+            let wait = match held {
+                true => outage::hold_back(received, hold.base),
+                false => Duration::ZERO,
+            };
             match hold.queue.hold(receipt, wait).await {
+                Ok(()) if handed_back => {
+                    tracing::info!(
+                        message_id = r.message_id.as_deref(),
+                        "processor: deadline near, delivery handed back"
+                    )
+                }
                 Ok(()) => tracing::warn!(
                     message_id = r.message_id.as_deref(),
                     received,

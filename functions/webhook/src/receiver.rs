@@ -10,7 +10,6 @@ use async_trait::async_trait;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use shared::{
-    ingest,
     kommo::webhook::{body_hash, parse_delivery, Delivery, QueuedDelivery},
     platform::apigw::{self, ApiError, BodyError, Request, Response},
     platform::db::DbPool,
@@ -80,10 +79,17 @@ impl Receiver {
         apigw::expect_method(req, "POST")?;
         let secret = self.authenticate(req, path_token).await?;
         apigw::expect_content_type(req, FORM)?;
-        let body = self.body(req).await?;
+        let body = match self.body(req)? {
+            Ok(body) => body,
+            Err(raw) => {
+                return self
+                    .reject(req, &raw, &BodyError::BadBase64.to_string())
+                    .await
+            }
+        };
         let delivery = match parse_delivery(&body) {
             Ok(d) => d,
-            Err(e) => return Err(self.reject(&body, None, &e.to_string()).await),
+            Err(e) => return self.reject(req, &body, &e.to_string()).await,
         };
         if let Some(expected) = secret.account_id {
             if delivery.account.id != Some(expected) {
@@ -137,18 +143,16 @@ impl Receiver {
         Ok(secret)
     }
 
-    /// The body's bytes; a body that is not valid base64 is rejected as unparseable.
-    async fn body(&self, req: &Request) -> Result<Vec<u8>, ApiError> {
+    /// The body's bytes, or (inner `Err`) the raw text of a body that is not
+    /// valid base64, which is kept as unparseable.
+    fn body(&self, req: &Request) -> Result<Result<Vec<u8>, Vec<u8>>, ApiError> {
         match apigw::body_bytes(req, self.settings.max_body_bytes) {
-            Ok(b) => Ok(b),
+            Ok(b) => Ok(Ok(b)),
             Err(e @ BodyError::TooLarge { .. }) => {
                 tracing::warn!(error = %e, "webhook: body too large");
                 Err(e.into())
             }
-            Err(e @ BodyError::BadBase64) => {
-                let raw = req.body.as_deref().unwrap_or("").as_bytes();
-                Err(self.reject(raw, None, &e.to_string()).await)
-            }
+            Err(BodyError::BadBase64) => Ok(Err(req.body.clone().unwrap_or_default().into_bytes())),
         }
     }
 
@@ -210,34 +214,31 @@ impl Receiver {
         );
     }
 
-    /// The 400 for an unparseable delivery. The body is logged (truncated)
-    /// and recorded as `rejected` when the database can be reached, so a sender bug can be diagnosed and replayed.
-    async fn reject(&self, body: &[u8], account_id: Option<i64>, reason: &str) -> ApiError {
+    /// An authenticated body the parser cannot read. Kommo counts a 4xx as a
+    /// failed delivery and disables the webhook after enough of them, so a
+    /// format change on its side must not cost the webhook: the body is
+    /// queued as it came and answered 200. The processor records it as
+    /// `rejected` with the parse error, ready for a replay after a fix
+    /// (docs/runbook.md). With the kill switch off nothing is kept.
+    async fn reject(&self, req: &Request, body: &[u8], reason: &str) -> Result<Response, ApiError> {
         tracing::warn!(
             error = %reason,
             bytes = body.len(),
             body = %truncate(&String::from_utf8_lossy(body), self.settings.log_body_chars),
             "webhook: unparseable delivery"
         );
-        // With the kill switch off nothing is written, rejected bodies included.
-        if self.kommo_live().await != Some(false) {
-            let write = async {
-                let client = self.pool.get().await?;
-                ingest::record_rejected(&client, body, account_id, reason).await
-            };
-            match tokio::time::timeout(self.settings.db_timeout, write).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "webhook: could not record the rejected delivery")
-                }
-                Err(_) => tracing::warn!("webhook: recording the rejected delivery timed out"),
-            }
+        if self.kommo_live().await == Some(false) {
+            return Ok(apigw::json_response(202, &json!({"mode": "stubbed"})));
         }
-        ApiError::new(
-            400,
-            "bad_request",
-            format!("unparseable delivery: {reason}"),
-        )
+        let text = String::from_utf8_lossy(body).into_owned();
+        let request_id = req.request_context.request_id.clone();
+        let kommo_request_id = apigw::header(req, "x-amocrm-requestid").map(str::to_string);
+        let envelope = QueuedDelivery::new(text, request_id, kommo_request_id, None);
+        self.enqueue(&envelope).await?;
+        Ok(apigw::json_response(
+            200,
+            &json!({"status": "rejected", "reason": reason}),
+        ))
     }
 }
 

@@ -620,3 +620,93 @@ async fn after_the_receive_limit_the_delivery_is_in_the_dlq_and_the_events_table
     assert_eq!(row.get::<_, i32>(1), 2);
     assert!(row.get::<_, Option<String>>(2).unwrap().contains("502"));
 }
+
+#[tokio::test]
+async fn a_nul_from_kommo_is_dropped_instead_of_failing_the_delivery() {
+    let w = World::new().await;
+    let lead_id = w.bookable_lead();
+    // The API answers the lead's name with `\u0000`, which jsonb and text refuse.
+    let mut lead = w.kommo.lead(lead_id).unwrap();
+    lead.name = "Safari\0 booking".into();
+    w.kommo.upsert_lead(lead);
+    // The delivery carries `%00` in a field too.
+    let body = w
+        .kommo
+        .webhook_body(&[WebhookEvent::lead_status(lead_id, 1)])
+        + "&leads[status][0][name]=x%00y";
+    let mut req = load_event("webhook-contact-update.json");
+    req.body = Some(body);
+    assert_eq!(w.app.handle(req).await.status_code, 200);
+
+    let (resp, report) = w.processor().handle(batch(w.queued().await)).await;
+    assert!(resp.batch_item_failures.is_empty(), "{report:?}");
+    assert_eq!(report.processed, 1);
+    let c = w.db.client().await;
+    let name: String = c
+        .query_one(
+            "SELECT name FROM sales_leads WHERE kommo_lead_id = $1",
+            &[&lead_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "Safari booking");
+}
+
+/// Three deliveries for three different bookable-or-not leads, queued.
+async fn three_deliveries(w: &World) -> Vec<SqsMessage> {
+    let leads: Vec<i64> = w.kommo.leads().iter().map(|l| l.id).take(3).collect();
+    for lead in &leads {
+        assert_eq!(w.deliver(&[WebhookEvent::lead_status(*lead, 1)]).await, 200);
+    }
+    let msgs = w.queued().await;
+    assert_eq!(msgs.len(), 3);
+    msgs
+}
+
+#[tokio::test]
+async fn a_batch_fetch_kommo_refuses_falls_back_to_one_fetch_per_delivery() {
+    let w = World::new().await;
+    let msgs = three_deliveries(&w).await;
+    // The batch's one leads call is refused as if one id were bad.
+    w.kommo.set_forced_error(Some(ForcedError::once(1, 400)));
+    w.kommo.reset_stats();
+    let (resp, report) = w.processor().handle(batch(msgs)).await;
+    assert!(resp.batch_item_failures.is_empty(), "{report:?}");
+    assert_eq!(report.processed, 3, "the neighbours do not fail with it");
+    assert!(
+        w.kommo.stats().leads >= 4,
+        "one refused batch call, then one call per delivery: {:?}",
+        w.kommo.stats()
+    );
+}
+
+#[tokio::test]
+async fn near_the_deadline_the_rest_of_the_batch_is_handed_back_not_failed() {
+    let w = World::new().await;
+    let msgs = three_deliveries(&w).await;
+    let ids: Vec<String> = msgs.iter().map(|m| m.message_id.clone().unwrap()).collect();
+    let spent = shared::platform::deadline::Deadline::after(Duration::ZERO, Duration::ZERO);
+    let (resp, report) = w
+        .processor()
+        .handle_until(batch(msgs.clone()), &spent)
+        .await;
+    let mut failed = failed_ids(&resp);
+    failed.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(failed, want, "handed back to SQS");
+    assert_eq!((report.handed_back, report.failed), (3, 0));
+    assert_eq!(
+        w.count(
+            "SELECT count(*) FROM kommo_webhook_events WHERE status = 'failed' OR attempts > 0"
+        )
+        .await,
+        0,
+        "nothing about them counts as a failure"
+    );
+
+    let (resp, report) = w.processor().handle(batch(msgs)).await;
+    assert!(resp.batch_item_failures.is_empty());
+    assert_eq!(report.processed, 3);
+}

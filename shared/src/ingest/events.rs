@@ -6,29 +6,10 @@
 use deadpool_postgres::{Client, Transaction};
 use uuid::Uuid;
 
-use crate::{kommo::webhook::body_hash, platform::db::DbError};
-
-/// Records a body the receiver could not parse. A repeat of the same body
-/// counts as a duplicate of the first rejection.
-pub async fn record_rejected(
-    client: &Client,
-    body: &[u8],
-    account_id: Option<i64>,
-    error: &str,
-) -> Result<(), DbError> {
-    let raw = String::from_utf8_lossy(body);
-    client
-        .execute(
-            &client.prepare_cached("INSERT INTO kommo_webhook_events (dedupe_key, account_id, raw_payload, status, error)
-             VALUES ($1, $2, $3, 'rejected', $4)
-             ON CONFLICT (dedupe_key) DO UPDATE
-                SET duplicate_count = kommo_webhook_events.duplicate_count + 1,
-                    updated_at = now()").await?,
-            &[&body_hash(body), &account_id, &raw.as_ref(), &error],
-        )
-        .await?;
-    Ok(())
-}
+use crate::{
+    kommo::webhook::body_hash,
+    platform::{db::DbError, text::storable},
+};
 
 /// A delivery's row in `kommo_webhook_events`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +38,12 @@ pub async fn record_received(
                                THEN 1 ELSE 0 END,
                     updated_at = now()
              RETURNING id, status, attempts").await?,
-            &[&body_hash(body.as_bytes()), &account_id, &body, &sqs_message_id],
+            &[
+                &body_hash(body.as_bytes()),
+                &account_id,
+                &storable(body).as_ref(),
+                &sqs_message_id,
+            ],
         )
         .await?;
     Ok(EventRow {
@@ -137,7 +123,12 @@ pub async fn record_unprocessable(
              VALUES ($1, $2, 'rejected', $3, $4, 1)
              ON CONFLICT (dedupe_key) DO UPDATE
                 SET status = 'rejected', error = EXCLUDED.error, updated_at = now()").await?,
-            &[&body_hash(body.as_bytes()), &body, &error, &sqs_message_id],
+            &[
+                &body_hash(body.as_bytes()),
+                &storable(body).as_ref(),
+                &storable(error).as_ref(),
+                &sqs_message_id,
+            ],
         )
         .await?;
     Ok(())

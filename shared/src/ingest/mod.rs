@@ -20,8 +20,7 @@ pub use apply::{
     apply_lead, delete_lead, lock_leads, refresh_contact, source_payload_id, LeadOutcome,
 };
 pub use events::{
-    lock_event, mark_failed, mark_processed, record_received, record_rejected,
-    record_unprocessable, EventRow,
+    lock_event, mark_failed, mark_processed, record_received, record_unprocessable, EventRow,
 };
 pub use fetch::{FetchError, Fetched, FetchedLead};
 pub use pipeline::{BatchOutcome, BatchReport, Pipeline, QueuedMessage};

@@ -25,6 +25,7 @@ use crate::{
     },
     platform::{
         db::DbPool,
+        deadline::Deadline,
         flags::{FeatureFlags, Flag},
         telemetry::{Metrics, Unit},
     },
@@ -45,6 +46,8 @@ pub struct BatchReport {
     pub duplicates: usize,
     pub rejected: usize,
     pub failed: usize,
+    /// Not started because the Lambda deadline was near.
+    pub handed_back: usize,
     pub leads_fetched: usize,
 }
 
@@ -59,6 +62,9 @@ pub struct BatchOutcome {
     pub held_back: Vec<String>,
     /// Why they were held back.
     pub cause: Option<String>,
+    /// Messages not started because the Lambda deadline was near: they come
+    /// back at once, nothing about them failed.
+    pub handed_back: Vec<String>,
     pub report: BatchReport,
 }
 
@@ -70,7 +76,25 @@ impl BatchOutcome {
             retry: ids.clone(),
             held_back: ids,
             cause: Some(cause.to_string()),
+            handed_back: Vec::new(),
             report: BatchReport::default(),
+        }
+    }
+
+    /// Hands the message back, untouched, when the deadline is near.
+    fn hand_back_if(&mut self, deadline: &Deadline, message_id: &str) -> bool {
+        if !deadline.near() {
+            return false;
+        }
+        self.retry.push(message_id.to_string());
+        self.handed_back.push(message_id.to_string());
+        self.report.handed_back += 1;
+        true
+    }
+
+    fn count_fetched(&mut self, fetched: &Result<Fetched, FetchError>) {
+        if let Ok(f) = fetched {
+            self.report.leads_fetched += f.leads.len();
         }
     }
 
@@ -108,26 +132,80 @@ enum Skipped {
 impl Pipeline {
     /// Processes one batch of queue messages.
     pub async fn process(&self, messages: &[QueuedMessage<'_>]) -> BatchOutcome {
-        let started = Instant::now();
-        let mut out = BatchOutcome::default();
+        self.process_until(messages, &Deadline::none()).await
+    }
 
+    /// Processes one batch, handing back (not failing) what is left when the
+    /// Lambda deadline nears.
+    pub async fn process_until(
+        &self,
+        messages: &[QueuedMessage<'_>],
+        deadline: &Deadline,
+    ) -> BatchOutcome {
+        let started = Instant::now();
+        if let Some(held) = self.unless_live(messages).await {
+            return held;
+        }
+        let mut out = BatchOutcome::default();
+        let pending = self.record_all(messages, &mut out).await;
+        let fetched = self.fetch_for(&pending).await;
+        match fetched {
+            // One id Kommo refuses, or one huge delivery, must not fail the
+            // other nine: each delivery is fetched alone.
+            Err(e) if !e.systemic && pending.len() > 1 => {
+                tracing::warn!(error = %e, "processor: batch fetch failed; fetching each delivery alone");
+                for p in pending {
+                    if out.hand_back_if(deadline, &p.message_id) {
+                        continue;
+                    }
+                    let own = self.fetch_for(std::slice::from_ref(&p)).await;
+                    out.count_fetched(&own);
+                    self.apply(p, &own, &mut out).await;
+                }
+            }
+            fetched => {
+                out.count_fetched(&fetched);
+                for p in pending {
+                    if !out.hand_back_if(deadline, &p.message_id) {
+                        self.apply(p, &fetched, &mut out).await;
+                    }
+                }
+            }
+        }
+        emit(&out.report, started);
+        out
+    }
+
+    /// The whole batch held back while the kill switch is off or the
+    /// database cannot say; None when processing may go on.
+    async fn unless_live(&self, messages: &[QueuedMessage<'_>]) -> Option<BatchOutcome> {
         // The kill switch also holds queued deliveries back: they stay in the
         // queue, unwritten, until it is turned on again.
         match self.flags.is_enabled(Flag::KommoLive).await {
-            Ok(true) => {}
+            Ok(true) => None,
             Ok(false) => {
                 tracing::warn!(
                     records = messages.len(),
                     "processor: enableKommoLive is off, leaving the batch in the queue"
                 );
-                return BatchOutcome::hold_all(messages, "enableKommoLive is off");
+                Some(BatchOutcome::hold_all(messages, "enableKommoLive is off"))
             }
             Err(e) => {
                 tracing::error!(error = %e, "processor: database unavailable, retrying the batch later");
-                return BatchOutcome::hold_all(messages, "the database is unavailable");
+                Some(BatchOutcome::hold_all(
+                    messages,
+                    "the database is unavailable",
+                ))
             }
         }
+    }
 
+    /// Records every message; returns those to process.
+    async fn record_all(
+        &self,
+        messages: &[QueuedMessage<'_>],
+        out: &mut BatchOutcome,
+    ) -> Vec<Pending> {
         let mut pending = Vec::new();
         for m in messages {
             match self.record(m).await {
@@ -143,15 +221,7 @@ impl Pipeline {
                 }
             }
         }
-        let fetched = self.fetch_for(&pending).await;
-        if let Ok(f) = &fetched {
-            out.report.leads_fetched = f.leads.len();
-        }
-        for p in pending {
-            self.apply(p, &fetched, &mut out).await;
-        }
-        emit(&out.report, started);
-        out
+        pending
     }
 
     /// Reads the batch's leads and contacts from Kommo, as [`fetch::fetch`] does.
@@ -296,6 +366,11 @@ fn emit(report: &BatchReport, started: Instant) {
     );
     m.add("deliveries_rejected", report.rejected as f64, Unit::Count);
     m.add("deliveries_failed", report.failed as f64, Unit::Count);
+    m.add(
+        "deliveries_handed_back",
+        report.handed_back as f64,
+        Unit::Count,
+    );
     m.add("leads_fetched", report.leads_fetched as f64, Unit::Count);
     m.set(
         "batch_duration",

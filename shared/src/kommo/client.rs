@@ -22,7 +22,7 @@ use serde_json::Value;
 use super::model::{AccountTimezone, Contact, EntityError, Lead};
 use crate::{
     platform::secrets::{KommoSecret, Redacted, SecretSource},
-    platform::text::truncate,
+    platform::text::{storable_json, truncate},
     platform::{config::Config, db::DbPool},
 };
 
@@ -634,7 +634,7 @@ impl Answer {
             return Ok(Body::Empty);
         }
         serde_json::from_str(&self.text)
-            .map(Body::Json)
+            .map(|v| Body::Json(storable_json(v)))
             .map_err(|e| KommoError::Decode {
                 status: self.status.as_u16(),
                 problem: format!("not JSON: {e}"),

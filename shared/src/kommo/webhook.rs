@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::platform::text::{non_empty, truncate};
+use crate::platform::text::{non_empty, storable, truncate};
 
 /// Nesting deeper than this is not something Kommo sends (`leads[note][0][note][x]` is 4).
 pub const MAX_DEPTH: usize = 8;
@@ -77,7 +77,9 @@ fn decode_component(raw: &[u8], pair: usize) -> Result<String, ParseError> {
         .map(|&b| if b == b'+' { b' ' } else { b })
         .collect();
     let bytes: Vec<u8> = percent_encoding::percent_decode(&plus_as_space).collect();
-    String::from_utf8(bytes).map_err(|_| ParseError::Encoding { pair })
+    String::from_utf8(bytes)
+        .map(|s| storable(&s).into_owned())
+        .map_err(|_| ParseError::Encoding { pair })
 }
 
 /// Splits `leads[status][0][id]` into `["leads", "status", "0", "id"]`.

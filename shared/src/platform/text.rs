@@ -1,6 +1,7 @@
 //! Text from outside (Kommo fields, form bodies, error bodies) made safe to
 //! store and to log. One name per job: [`non_empty`] trims and drops blanks,
-//! [`truncate`] cuts to a number of characters and marks the cut.
+//! [`truncate`] cuts to a number of characters and marks the cut,
+//! [`storable`] drops what Postgres cannot store.
 
 /// Trimmed, with an empty or all-blank string as `None`.
 pub fn non_empty(s: Option<&str>) -> Option<String> {
@@ -25,9 +26,46 @@ pub fn clamp(s: &str, max_chars: usize) -> String {
     s.chars().take(max_chars).collect()
 }
 
+/// Without NUL: Postgres refuses it in `text` and `jsonb`, so one `%00` in a
+/// Kommo field would fail its delivery for ever and every full refresh with
+/// it. Every string from Kommo passes here before anything stores it.
+pub fn storable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', ""))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+/// [`storable`] for every string (and key) of a JSON document.
+pub fn storable_json(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) if s.contains('\0') => Value::String(s.replace('\0', "")),
+        Value::Array(items) => Value::Array(items.into_iter().map(storable_json).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (storable(&k).into_owned(), storable_json(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_is_dropped_everywhere_postgres_would_refuse_it() {
+        assert_eq!(storable("a\0b"), "ab");
+        assert!(matches!(storable("plain"), std::borrow::Cow::Borrowed(_)));
+        let v = serde_json::json!({"na\0me": ["x\0", {"y": "\0z"}], "n": 1});
+        assert_eq!(
+            storable_json(v),
+            serde_json::json!({"name": ["x", {"y": "z"}], "n": 1})
+        );
+    }
 
     #[test]
     fn non_empty_trims_and_drops_blanks() {

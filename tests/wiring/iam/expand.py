@@ -9,6 +9,7 @@ on stdin:
    "region": ..., "account": ..., "stack": ...}
 
 Prints {"FunctionLogicalId": {"env": {...}, "statements": [...]}} as JSON.
+With `--stage TEMPLATE` it prints the HTTP API stage's throttles instead.
 """
 
 import json
@@ -109,8 +110,8 @@ class Resolver:
         return out
 
 
-def expand(template_path, given):
-    """What each function of the template may do, resolved against `given`."""
+def sam_transform(template_path, region, parameters):
+    """The CloudFormation `sam deploy` would create from the template."""
     template, problems = decode(template_path)
     if template is None:
         sys.exit(f"cannot read {template_path}: {problems}")
@@ -121,8 +122,13 @@ def expand(template_path, given):
         if res.get("Type") == "AWS::Serverless::Function":
             res.setdefault("Properties", {}).pop("CodeUri", None)
     # The transform asks boto for the region; no call leaves the machine.
-    os.environ["AWS_DEFAULT_REGION"] = given["region"]
-    transformed = transform(template, dict(given["parameters"]), NoManagedPolicies())
+    os.environ["AWS_DEFAULT_REGION"] = region
+    return transform(template, dict(parameters), NoManagedPolicies())
+
+
+def expand(template_path, given):
+    """What each function of the template may do, resolved against `given`."""
+    transformed = sam_transform(template_path, given["region"], given["parameters"])
     resolver = Resolver(transformed, given)
     resources = transformed["Resources"]
     out = {}
@@ -141,7 +147,23 @@ def expand(template_path, given):
     return out
 
 
+def stage_throttles(template_path):
+    """The HTTP API stage's default and per-route throttles."""
+    params = {name: "arn:aws:secretsmanager:us-east-1:1:secret:x" for name in
+              ["DbSecretArn", "KommoSecretArn", "ZohoSecretArn", "StaffJwtSecretArn"]}
+    transformed = sam_transform(template_path, "us-east-1", params)
+    for res in transformed["Resources"].values():
+        if res["Type"] == "AWS::ApiGatewayV2::Stage":
+            props = res["Properties"]
+            return {"default": props.get("DefaultRouteSettings", {}),
+                    "routes": props.get("RouteSettings", {})}
+    sys.exit("the template has no HTTP API stage")
+
+
 def main():
+    if sys.argv[1] == "--stage":
+        json.dump(stage_throttles(sys.argv[2]), sys.stdout, indent=1, sort_keys=True)
+        return
     json.dump(expand(sys.argv[1], json.load(sys.stdin)), sys.stdout, indent=1, sort_keys=True)
 
 

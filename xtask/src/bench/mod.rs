@@ -9,6 +9,7 @@
 
 mod cold_start;
 mod emulator;
+mod kommo_budget;
 mod outbox;
 mod processor;
 mod receiver;
@@ -35,6 +36,7 @@ pub enum Scenario {
     Outbox,
     Refresh,
     ColdStart,
+    KommoBudget,
 }
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -352,6 +354,7 @@ async fn run_scenarios(args: &BenchArgs, release: bool, bins: &Binaries) -> Resu
         Scenario::Outbox,
         Scenario::Refresh,
         Scenario::ColdStart,
+        Scenario::KommoBudget,
     ] {
         if !wanted(s) {
             continue;
@@ -363,6 +366,7 @@ async fn run_scenarios(args: &BenchArgs, release: bool, bins: &Binaries) -> Resu
             Scenario::Outbox => outbox::run(&mut b).await,
             Scenario::Refresh => refresh::run(&mut b).await,
             Scenario::ColdStart => cold_start::run(&mut b, bins).await,
+            Scenario::KommoBudget => kommo_budget::run(&mut b).await,
         };
         if let Err(e) = result {
             eprintln!("xtask: bench {s:?} failed: {e:#}");

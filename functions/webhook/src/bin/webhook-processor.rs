@@ -1,15 +1,18 @@
 //! SQS function: processes buffered Kommo deliveries from `kommo-events`.
 
-use std::{convert::Infallible, sync::Arc};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use shared::{
     ingest::Pipeline,
     kommo::{KommoClient, Lane},
-    platform::{config::Need, context::AppContext},
+    platform::{config::Need, context::AppContext, deadline::Deadline},
 };
 use webhook::processor::{HoldBack, Processor};
+
+/// Time kept back from the Lambda deadline: one delivery's fetch and apply.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(10);
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -39,7 +42,9 @@ async fn main() -> Result<(), Error> {
     run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let processor = processor.clone();
         async move {
-            let (resp, _report): (SqsBatchResponse, _) = processor.handle(event.payload).await;
+            let deadline = Deadline::from_epoch_ms(event.context.deadline, DEADLINE_MARGIN);
+            let (resp, _report): (SqsBatchResponse, _) =
+                processor.handle_until(event.payload, &deadline).await;
             Ok::<_, Infallible>(resp)
         }
     }))
