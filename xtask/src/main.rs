@@ -45,6 +45,12 @@ enum Task {
     },
     /// Applies the migrations to DATABASE_URL (or DB_SECRET_ID), as a deployment would.
     Migrate,
+    /// Queues the deliveries kept as `rejected` in the last HOURS hours again, after a parser
+    /// fix (DATABASE_URL or DB_SECRET_ID, and KOMMO_EVENTS_QUEUE_URL).
+    ReplayRejected {
+        #[arg(default_value_t = 24)]
+        hours: u32,
+    },
     /// Runs the whole story end to end against the sandboxes, prints a summary and exits.
     Demo,
     /// Invokes every sample event in `events/` with `cargo lambda invoke` and checks the responses.
@@ -78,6 +84,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Test { args } => test(&args),
         Task::Migrate => migrate(),
+        Task::ReplayRejected { hours } => replay_rejected(hours),
         Task::Demo => demo::run(),
         Task::Events => events::run(),
         Task::Dev {
@@ -212,6 +219,23 @@ fn test(extra: &[String]) -> Result<()> {
     bench::run_smoke(&pg.admin_url, &aws_env)?;
     eprintln!("\nxtask: all checks passed");
     Ok(())
+}
+
+fn replay_rejected(hours: u32) -> Result<()> {
+    step(
+        "replay-rejected",
+        cargo()
+            .args([
+                "run",
+                "--quiet",
+                "-p",
+                "shared",
+                "--bin",
+                "replay-rejected",
+                "--",
+            ])
+            .arg(hours.to_string()),
+    )
 }
 
 fn migrate() -> Result<()> {

@@ -710,3 +710,41 @@ async fn near_the_deadline_the_rest_of_the_batch_is_handed_back_not_failed() {
     assert!(resp.batch_item_failures.is_empty());
     assert_eq!(report.processed, 3);
 }
+
+#[tokio::test]
+async fn a_delivery_rejected_by_an_older_parser_is_replayed_and_applied() {
+    let w = World::new().await;
+    let lead_id = w.bookable_lead();
+    // As an older parser left it: the body as Kommo sent it, rejected.
+    let body = w
+        .kommo
+        .webhook_body(&[WebhookEvent::lead_status(lead_id, 1)]);
+    let c = w.db.client().await;
+    c.execute(
+        "INSERT INTO kommo_webhook_events (dedupe_key, raw_payload, status, error)
+         VALUES ($1, $2, 'rejected', 'unknown field')",
+        &[&shared::kommo::webhook::body_hash(body.as_bytes()), &body],
+    )
+    .await
+    .unwrap();
+
+    let queue = Queue::new(w.sqs.clone(), &w.url);
+    let since = chrono::Utc::now() - chrono::Duration::hours(1);
+    let n = shared::ingest::replay::replay_rejected(&c, &queue, since)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let (resp, report) = w.processor().handle(batch(w.queued().await)).await;
+    assert!(resp.batch_item_failures.is_empty(), "{report:?}");
+    assert_eq!(report.processed, 1);
+    assert_eq!(
+        w.count("SELECT count(*) FROM kommo_webhook_events WHERE status = 'processed'")
+            .await,
+        1
+    );
+    assert_eq!(w.count("SELECT count(*) FROM bookings").await, 1);
+    let again = shared::ingest::replay::replay_rejected(&c, &queue, since)
+        .await
+        .unwrap();
+    assert_eq!(again, 0, "a replayed delivery is not replayed twice");
+}

@@ -1,25 +1,16 @@
 //! Applies the embedded migrations using the same settings as the functions
 //! (`DATABASE_URL`, or `DB_SECRET_ID` with an RDS-format secret).
 
-use shared::platform::{config::Config, db::DbSettings, secrets::Secrets};
+use shared::platform::command::{self, Command};
 
 #[tokio::main]
 async fn main() {
-    shared::platform::telemetry::init();
-    if let Err(e) = run().await {
-        tracing::error!(error = %e, "migration failed");
-        eprintln!("migrate: {e}");
-        std::process::exit(1);
-    }
+    command::main("migrate", run()).await
 }
 
 async fn run() -> anyhow::Result<()> {
-    let config = Config::from_env(&[])?;
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let secrets = Secrets::new(&sdk, config.secrets_ttl).await?;
-    let settings = DbSettings::resolve(&config, Some(&secrets)).await?;
-    let mut client = settings.connect().await?;
-    let applied = shared::platform::db::migrate(&mut client).await?;
+    let mut cmd = Command::connect(&[]).await?;
+    let applied = shared::platform::db::migrate(&mut cmd.db).await?;
     if applied.is_empty() {
         println!("migrate: schema is up to date");
     } else {

@@ -14,6 +14,7 @@ pub mod fetch;
 pub mod manual;
 pub mod outage;
 pub mod pipeline;
+pub mod replay;
 pub mod zoho_work;
 
 pub use apply::{

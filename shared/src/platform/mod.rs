@@ -8,6 +8,7 @@
 
 pub mod apigw;
 pub mod auth;
+pub mod command;
 pub mod config;
 pub mod context;
 pub mod db;
