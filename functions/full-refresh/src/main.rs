@@ -5,7 +5,7 @@ use std::{convert::Infallible, sync::Arc};
 use full_refresh::http::HttpApp;
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use shared::{
-    platform::{apigw::Request, auth::check_staff_key, config::Need, context::AppContext},
+    platform::{apigw::Request, config::Need, context::AppContext},
     refresh::RefreshSettings,
 };
 
@@ -14,10 +14,7 @@ async fn main() -> Result<(), Error> {
     let needs = [Need::StaffJwtSecret, Need::FullRefreshQueue];
     let ctx = AppContext::start("full-refresh", &needs).await?;
     let config = &ctx.config;
-    let staff_key = ctx.secret(&config.staff_jwt_secret_id);
-    check_staff_key(&staff_key).await.inspect_err(|e| {
-        tracing::error!(error = %e, "the staff JWT secret is unusable; the function stops");
-    })?;
+    let staff_key = ctx.staff_key().await?;
     let app = Arc::new(HttpApp {
         pool: ctx.pool.clone(),
         flags: ctx.flags.clone(),

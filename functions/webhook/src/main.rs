@@ -3,7 +3,7 @@
 use std::{convert::Infallible, sync::Arc};
 
 use lambda_runtime::{run, service_fn, Error, LambdaEvent};
-use shared::platform::{apigw::Request, auth::check_staff_key, config::Need, context::AppContext};
+use shared::platform::{apigw::Request, config::Need, context::AppContext};
 use webhook::{
     http::HttpApp, manual::ManualBookings, receiver::Receiver, settings::ReceiverSettings,
 };
@@ -17,10 +17,7 @@ async fn main() -> Result<(), Error> {
     ];
     let ctx = AppContext::start("webhook", &needs).await?;
     let config = &ctx.config;
-    let staff_key = ctx.secret(&config.staff_jwt_secret_id);
-    check_staff_key(&staff_key).await.inspect_err(|e| {
-        tracing::error!(error = %e, "the staff JWT secret is unusable; the function stops");
-    })?;
+    let staff_key = ctx.staff_key().await?;
     let app = Arc::new(HttpApp {
         receiver: Receiver {
             secret: ctx.secret(&config.kommo_secret_id),

@@ -358,20 +358,16 @@ impl Pipeline {
 /// The batch's counts as EMF metrics, and one log line.
 fn emit(report: &BatchReport, started: Instant) {
     let mut m = Metrics::new("KommoZoho", "webhook-processor");
-    m.add("deliveries_processed", report.processed as f64, Unit::Count);
-    m.add(
-        "deliveries_duplicate",
-        report.duplicates as f64,
-        Unit::Count,
-    );
-    m.add("deliveries_rejected", report.rejected as f64, Unit::Count);
-    m.add("deliveries_failed", report.failed as f64, Unit::Count);
-    m.add(
-        "deliveries_handed_back",
-        report.handed_back as f64,
-        Unit::Count,
-    );
-    m.add("leads_fetched", report.leads_fetched as f64, Unit::Count);
+    for (name, count) in [
+        ("deliveries_processed", report.processed),
+        ("deliveries_duplicate", report.duplicates),
+        ("deliveries_rejected", report.rejected),
+        ("deliveries_failed", report.failed),
+        ("deliveries_handed_back", report.handed_back),
+        ("leads_fetched", report.leads_fetched),
+    ] {
+        m.add(name, count as f64, Unit::Count);
+    }
     m.set(
         "batch_duration",
         started.elapsed().as_secs_f64() * 1000.0,

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use crate::{
+    platform::auth::{check_staff_key, StaffKeyError},
     platform::config::{Config, ConfigError, Need},
     platform::db::{DbError, DbPool, DbSettings},
     platform::flags::FeatureFlags,
-    platform::secrets::{SecretError, SecretSource, Secrets},
+    platform::secrets::{SecretError, SecretSource, Secrets, StaffJwtSecret},
     platform::sqs::Queue,
     platform::telemetry,
 };
@@ -78,6 +79,17 @@ impl AppContext {
             secrets: self.secrets.clone(),
             id: id.clone().unwrap_or_default(),
         }
+    }
+
+    /// The staff JWT secret, checked now: a function that could not verify
+    /// a staff token stops at start, with the reason, rather than answer 503
+    /// to every staff request.
+    pub async fn staff_key(&self) -> Result<SecretSource<StaffJwtSecret>, StaffKeyError> {
+        let source = self.secret(&self.config.staff_jwt_secret_id);
+        check_staff_key(&source).await.inspect_err(|e| {
+            tracing::error!(error = %e, "the staff JWT secret is unusable; the function stops");
+        })?;
+        Ok(source)
     }
 
     /// The SQS queue a setting names (see [`AppContext::secret`] on a missing one).

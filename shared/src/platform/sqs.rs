@@ -37,6 +37,13 @@ impl Queue {
         &self.url
     }
 
+    fn failed(&self, e: impl std::error::Error) -> SqsError {
+        SqsError {
+            queue: self.url.clone(),
+            reason: aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
+        }
+    }
+
     /// Sends one message and returns its id.
     pub async fn send(&self, body: &str) -> Result<String, SqsError> {
         let out = self
@@ -46,10 +53,7 @@ impl Queue {
             .message_body(body)
             .send()
             .await
-            .map_err(|e| SqsError {
-                queue: self.url.clone(),
-                reason: aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
-            })?;
+            .map_err(|e| self.failed(e))?;
         Ok(out.message_id.unwrap_or_default())
     }
 
@@ -67,10 +71,7 @@ impl Queue {
             .visibility_timeout(secs)
             .send()
             .await
-            .map_err(|e| SqsError {
-                queue: self.url.clone(),
-                reason: aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
-            })?;
+            .map_err(|e| self.failed(e))?;
         Ok(())
     }
 }
