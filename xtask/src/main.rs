@@ -7,6 +7,7 @@
 
 mod bench;
 mod demo;
+mod deny;
 mod dev;
 mod devstack;
 mod events;
@@ -171,6 +172,7 @@ fn test(extra: &[String]) -> Result<()> {
             "warnings",
         ]),
     )?;
+    deny::check()?;
 
     let pg = stack::postgres(&work)?;
     let moto = stack::moto(&work)?;

@@ -15,7 +15,7 @@ async fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let config = Config::from_env(&[])?;
-    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let sdk = shared::platform::aws::load_config().await;
     let secrets = Secrets::new(&sdk, config.secrets_ttl).await?;
     let settings = DbSettings::resolve(&config, Some(&secrets)).await?;
     let mut client = settings.connect().await?;
