@@ -47,7 +47,7 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let sdk = shared::platform::aws::config_loader()
             .region(aws_config::Region::new("eu-west-1"))
             .endpoint_url(format!("http://{addr}"))
             .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(

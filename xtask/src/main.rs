@@ -9,6 +9,7 @@
 
 mod bench;
 mod demo;
+mod deny;
 mod deploy;
 mod dev;
 mod devstack;
@@ -190,6 +191,7 @@ fn test(extra: &[String]) -> Result<()> {
             "warnings",
         ]),
     )?;
+    deny::check()?;
 
     let pg = stack::postgres(&work)?;
     let moto = stack::moto(&work)?;

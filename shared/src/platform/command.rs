@@ -22,7 +22,7 @@ impl Command {
     /// and connects as the functions do.
     pub async fn connect(needs: &[Need]) -> anyhow::Result<Self> {
         let config = Config::from_env(needs)?;
-        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let sdk = crate::platform::aws::load_config().await;
         let secrets = Secrets::new(&sdk, config.secrets_ttl).await?;
         let db = DbSettings::resolve(&config, Some(&secrets))
             .await?

@@ -50,7 +50,7 @@ impl AppContext {
     /// unless the database settings live in a secret.
     pub async fn from_env(needs: &[Need]) -> Result<Self, InitError> {
         let config = Config::from_env(needs)?;
-        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let sdk = crate::platform::aws::load_config().await;
         Self::build(config, sdk).await
     }
 

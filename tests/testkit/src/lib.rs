@@ -183,7 +183,7 @@ pub fn aws_endpoint() -> String {
 /// AWS SDK config for moto with dummy credentials.
 pub async fn aws_config() -> aws_config::SdkConfig {
     let endpoint = aws_endpoint();
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
+    shared::platform::aws::config_loader()
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_sqs::config::Credentials::new(

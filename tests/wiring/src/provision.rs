@@ -16,9 +16,7 @@ use crate::{
 /// An SDK config for the emulator: `AWS_ENDPOINT_URL`, `AWS_REGION` and the
 /// credentials come from the environment, as for the functions themselves.
 pub async fn aws_config_from_env() -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await
+    shared::platform::aws::config_loader().load().await
 }
 
 /// What to create in the emulator. Names are `<prefix>-<queue>` and

@@ -95,7 +95,7 @@ fn expand_template(endpoint: &str) -> Stack {
 }
 
 async fn sdk_for(endpoint: &str, key: &(String, String)) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
+    shared::platform::aws::config_loader()
         .region(aws_config::Region::new("us-east-1"))
         .endpoint_url(endpoint)
         .credentials_provider(aws_sdk_sqs::config::Credentials::new(

@@ -24,7 +24,7 @@ use super::{
 };
 
 const INIT_TARGET_MS: f64 = 50.0;
-const SIZE_TARGET_MB: f64 = 10.0;
+const SIZE_TARGET_MB: f64 = 8.0;
 
 /// The secrets functions may read at init, served by the emulator.
 fn secrets() -> HashMap<String, String> {
@@ -213,7 +213,7 @@ pub async fn run(b: &mut Bench, bins: &Binaries) -> Result<()> {
                 "{} bytes{}",
                 std::fs::metadata(path)?.len(),
                 if b.release {
-                    ", release profile (LTO, stripped)"
+                    ", release profile (fat LTO, opt-level s, stripped)"
                 } else {
                     ", debug build: not stripped, size not judged"
                 }

@@ -246,7 +246,7 @@ mod tests {
         let mut m = HashMap::new();
         m.insert("bench/x".to_string(), r#"{"a":1}"#.to_string());
         let emu = Emulator::start(m).await.unwrap();
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let sdk = shared::platform::aws::config_loader()
             .region(aws_config::Region::new("us-east-1"))
             .endpoint_url(emu.secrets_endpoint())
             .credentials_provider(aws_sdk_sqs::config::Credentials::new(

@@ -11,6 +11,7 @@
 use std::{sync::Arc, time::Duration};
 
 use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use rustls::pki_types::{pem::PemObject, CertificateDer};
 use tokio_postgres::config::{Host, SslMode};
 
 mod connector;
@@ -180,8 +181,7 @@ fn tls_config(ca_bundle: Option<&str>) -> Result<rustls::ClientConfig, DbError> 
         Some(path) => {
             let pem = std::fs::read(path)
                 .map_err(|e| DbError::Tls(format!("cannot read DB_CA_BUNDLE_PATH {path}: {e}")))?;
-            let mut reader = std::io::BufReader::new(pem.as_slice());
-            for cert in rustls_pemfile::certs(&mut reader) {
+            for cert in CertificateDer::pem_slice_iter(&pem) {
                 let cert = cert.map_err(|e| DbError::Tls(format!("bad PEM in {path}: {e}")))?;
                 roots
                     .add(cert)
@@ -193,7 +193,8 @@ fn tls_config(ca_bundle: Option<&str>) -> Result<rustls::ClientConfig, DbError> 
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
-    // Both ring and aws-lc-rs are in the dependency graph, so pick one explicitly.
+    // ring is the one crypto provider in the tree (deny.toml bans aws-lc-rs);
+    // naming it keeps rustls from guessing a process-wide default.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
