@@ -16,6 +16,7 @@ use shared::{
     platform::{
         db::{DbError, DbPool},
         deadline::time_left,
+        slack::Slack,
         telemetry::{Metrics, Unit},
     },
     retention::{purge_batch, Purged, RetentionSettings},
@@ -78,11 +79,12 @@ impl From<HandlerError> for lambda_runtime::Diagnostic {
     }
 }
 
-/// The rest of a tick after the drain: retention, and the outbox's size by
-/// status for the dashboard and alarms.
+/// The rest of a tick after the drain: retention, the outbox's size by
+/// status for the dashboard and alarms, and Slack alerts.
 pub struct Upkeep {
     pub pool: DbPool,
     pub settings: RetentionSettings,
+    pub slack: Slack,
 }
 
 impl Upkeep {
@@ -97,6 +99,17 @@ impl Upkeep {
             tracing::warn!(error = %e, "retention purge skipped this tick");
             Purged::default()
         })
+    }
+
+    /// Posts what is wrong with the outbox (at most once an hour each).
+    async fn alert(&self) {
+        let posted = match self.pool.get().await {
+            Ok(client) => outbox::alerts::alert(&client, &self.slack).await,
+            Err(e) => Err(DbError::from(e)),
+        };
+        if let Err(e) = posted {
+            tracing::warn!(error = %e, "outbox alerts skipped this tick");
+        }
     }
 
     /// Rows per status as gauges; skipped when the database is unavailable.
@@ -146,6 +159,7 @@ pub async fn handle(
     report.record(&mut metrics);
     purged.record(&mut metrics);
     upkeep.outbox_gauges(&mut metrics).await;
+    upkeep.alert().await;
     metrics.property("requestId", event.context.request_id.clone());
     metrics.property("trigger", trigger.kind());
     metrics.flush();
@@ -262,6 +276,10 @@ mod tests {
         let upkeep = Upkeep {
             pool: pool.clone(),
             settings: RetentionSettings::default(),
+            slack: Slack::new(
+                Arc::new(FeatureFlags::new(pool.clone(), Duration::ZERO)),
+                shared::platform::slack::SlackTarget::None,
+            ),
         };
         let drain = Drain::new(
             pool.clone(),

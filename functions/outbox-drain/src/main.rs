@@ -9,7 +9,11 @@ use std::sync::Arc;
 
 use lambda_runtime::{service_fn, LambdaEvent};
 use serde_json::Value;
-use shared::{outbox::Drain, platform::context::AppContext, retention::RetentionSettings};
+use shared::{
+    outbox::Drain,
+    platform::{context::AppContext, slack::Slack},
+    retention::RetentionSettings,
+};
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
@@ -19,6 +23,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let upkeep = Arc::new(handler::Upkeep {
         pool: ctx.pool.clone(),
         settings: RetentionSettings::from_env()?,
+        slack: Slack::new(ctx.flags.clone(), ctx.slack_target()),
     });
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let (drain, upkeep) = (drain.clone(), upkeep.clone());

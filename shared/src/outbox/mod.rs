@@ -10,6 +10,7 @@
 //! "client_id": uuid}` on entity `booking`. The dedupe key is
 //! `"<event_type>:<entity_id>"`, unique among live (pending or processing) rows.
 
+pub mod alerts;
 mod backoff;
 mod drain;
 mod store;

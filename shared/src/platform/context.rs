@@ -8,6 +8,7 @@ use crate::{
     platform::db::{DbError, DbPool, DbSettings},
     platform::flags::FeatureFlags,
     platform::secrets::{SecretError, SecretSource, Secrets, StaffJwtSecret},
+    platform::slack::SlackTarget,
     platform::sqs::Queue,
     platform::telemetry,
 };
@@ -90,6 +91,17 @@ impl AppContext {
             tracing::error!(error = %e, "the staff JWT secret is unusable; the function stops");
         })?;
         Ok(source)
+    }
+
+    /// Where Slack alerts go: the `SLACK_SECRET_ID` secret, or nowhere.
+    pub fn slack_target(&self) -> SlackTarget {
+        match &self.config.slack_secret_id {
+            Some(id) => SlackTarget::Secret {
+                secrets: self.secrets.clone(),
+                id: id.clone(),
+            },
+            None => SlackTarget::None,
+        }
     }
 
     /// The SQS queue a setting names (see [`AppContext::secret`] on a missing one).

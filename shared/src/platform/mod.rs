@@ -16,6 +16,7 @@ pub mod db;
 pub mod deadline;
 pub mod flags;
 pub mod secrets;
+pub mod slack;
 pub mod sqs;
 pub mod telemetry;
 pub mod text;

@@ -1,17 +1,14 @@
-//! Slack alerts for runs that end `failed` or `needs_review`.
-//!
-//! Sent only when `enableSlackAlerts` is on and a Slack secret is configured.
-//! An alert that cannot be sent is logged and never fails the run: the run
-//! row already holds the outcome.
+//! Slack alerts for runs that end `failed` or `needs_review`, through
+//! [`crate::platform::slack`]. An alert that cannot be sent never fails the
+//! run: the run row already holds the outcome.
 
-use std::{sync::Arc, time::Duration};
-
-use serde_json::json;
+use std::sync::Arc;
 
 use super::runs::{RunRecord, RunStatus};
+pub use crate::platform::slack::SlackTarget;
 use crate::{
-    platform::flags::{FeatureFlags, Flag},
-    platform::secrets::{Redacted, Secrets, SlackSecret},
+    platform::flags::FeatureFlags,
+    platform::slack::Slack,
     platform::telemetry::{Metrics, Unit},
 };
 
@@ -29,35 +26,16 @@ pub fn count_finished(status: RunStatus) {
     m.flush();
 }
 
-/// Where the Slack webhook URL comes from.
-#[derive(Clone)]
-pub enum SlackTarget {
-    None,
-    Secret {
-        secrets: Arc<Secrets>,
-        id: String,
-    },
-    /// A fixed URL (tests, the dev stack).
-    Url(Redacted),
-}
-
+/// Posts the runs that end badly.
 #[derive(Clone)]
 pub struct Alerter {
-    pub flags: Arc<FeatureFlags>,
-    pub target: SlackTarget,
-    http: reqwest::Client,
+    slack: Slack,
 }
 
 impl Alerter {
     pub fn new(flags: Arc<FeatureFlags>, target: SlackTarget) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_default();
         Alerter {
-            flags,
-            target,
-            http,
+            slack: Slack::new(flags, target),
         }
     }
 
@@ -67,46 +45,7 @@ impl Alerter {
         if !matches!(run.status, RunStatus::Failed | RunStatus::NeedsReview) {
             return false;
         }
-        match self.flags.is_enabled(Flag::SlackAlerts).await {
-            Ok(true) => {}
-            Ok(false) => return false,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read enableSlackAlerts; no alert sent");
-                return false;
-            }
-        }
-        let url = match &self.target {
-            SlackTarget::None => return false,
-            SlackTarget::Url(u) => u.clone(),
-            SlackTarget::Secret { secrets, id } => {
-                match secrets.get_json::<SlackSecret>(id).await {
-                    Ok(s) => s.webhook_url,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not read the Slack secret; no alert sent");
-                        return false;
-                    }
-                }
-            }
-        };
-        let text = message(run);
-        match self
-            .http
-            .post(url.expose())
-            .json(&json!({ "text": text }))
-            .send()
-            .await
-        {
-            Ok(r) if r.status().is_success() => true,
-            Ok(r) => {
-                tracing::warn!(status = r.status().as_u16(), "Slack refused the alert");
-                false
-            }
-            // reqwest errors carry the URL, which is itself a secret.
-            Err(e) => {
-                tracing::warn!(error = %e.without_url(), "could not post the Slack alert");
-                false
-            }
-        }
+        self.slack.post(&message(run)).await
     }
 }
 

@@ -8,7 +8,7 @@ use lambda_runtime::{run, service_fn, Error, LambdaEvent};
 use shared::{
     kommo::{KommoClient, Lane},
     platform::{config::Need, context::AppContext, deadline::Deadline},
-    refresh::{alert::SlackTarget, Alerter, RefreshSettings, Worker},
+    refresh::{Alerter, RefreshSettings, Worker},
 };
 
 #[tokio::main]
@@ -20,13 +20,7 @@ async fn main() -> Result<(), Error> {
     let kommo_secret = ctx.secret(&config.kommo_secret_id);
     let kommo =
         KommoClient::for_function(kommo_secret, config, ctx.pool.clone(), Lane::Refresh).await?;
-    let target = match &config.slack_secret_id {
-        Some(id) => SlackTarget::Secret {
-            secrets: ctx.secrets.clone(),
-            id: id.clone(),
-        },
-        None => SlackTarget::None,
-    };
+    let target = ctx.slack_target();
     let margin = settings.deadline_margin;
     let app = Arc::new(WorkerApp {
         worker: Worker {
