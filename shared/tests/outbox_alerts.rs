@@ -64,7 +64,11 @@ async fn a_failed_row_and_an_old_pending_one_are_posted_once_an_hour_by_one_cont
 
     db.set_flag("enableSlackAlerts", true).await;
     assert_eq!(alert(&c, &a).await.unwrap(), 2);
-    assert_eq!(alert(&c, &b).await.unwrap(), 0, "the other container stays quiet");
+    assert_eq!(
+        alert(&c, &b).await.unwrap(),
+        0,
+        "the other container stays quiet"
+    );
     assert_eq!(alert(&c, &a).await.unwrap(), 0, "once an hour");
     let texts: Vec<String> = posts
         .lock()

@@ -112,10 +112,11 @@ impl Upkeep {
         }
     }
 
-    /// Rows per status as gauges; skipped when the database is unavailable.
+    /// Rows per status, and per status and event type, as gauges; skipped
+    /// when the database is unavailable.
     async fn outbox_gauges(&self, m: &mut Metrics) {
         let counts = match self.pool.get().await {
-            Ok(client) => outbox::status_counts(&client)
+            Ok(client) => outbox::counts_by_event(&client)
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -127,13 +128,39 @@ impl Upkeep {
                 return;
             }
         };
-        for (status, name) in [
-            ("pending", "outbox_pending"),
-            ("processing", "outbox_processing"),
-            ("failed", "outbox_failed"),
+        let count = |status: &str, event: Option<&str>| -> i64 {
+            counts
+                .iter()
+                .filter(|((s, e), _)| s == status && event.is_none_or(|ev| ev == e))
+                .map(|(_, n)| n)
+                .sum()
+        };
+        for (status, event, name) in [
+            ("pending", None, "outbox_pending"),
+            ("processing", None, "outbox_processing"),
+            ("failed", None, "outbox_failed"),
+            (
+                "pending",
+                Some("contact.upsert"),
+                "outbox_pending_contact_upsert",
+            ),
+            (
+                "pending",
+                Some("sales_order.create"),
+                "outbox_pending_sales_order_create",
+            ),
+            (
+                "failed",
+                Some("contact.upsert"),
+                "outbox_failed_contact_upsert",
+            ),
+            (
+                "failed",
+                Some("sales_order.create"),
+                "outbox_failed_sales_order_create",
+            ),
         ] {
-            let n = counts.get(status).copied().unwrap_or(0);
-            m.set(name, n as f64, Unit::Count);
+            m.set(name, count(status, event) as f64, Unit::Count);
         }
     }
 }

@@ -22,7 +22,9 @@ use crate::platform::db::DbError;
 
 pub use backoff::backoff;
 pub use drain::{Drain, DrainReport, StopReason};
-pub use store::{claim, requeue_failed, rescue_expired, status_counts, ClaimedRow};
+pub use store::{
+    claim, counts_by_event, requeue_failed, rescue_expired, status_counts, ClaimedRow,
+};
 
 pub const EVENT_CONTACT_UPSERT: &str = "contact.upsert";
 pub const EVENT_SALES_ORDER_CREATE: &str = "sales_order.create";

@@ -307,15 +307,27 @@ pub async fn requeue_failed(
 pub async fn status_counts(
     client: &tokio_postgres::Client,
 ) -> Result<std::collections::BTreeMap<String, i64>, OutboxError> {
+    let mut out = std::collections::BTreeMap::new();
+    for ((status, _), n) in counts_by_event(client).await? {
+        *out.entry(status).or_default() += n;
+    }
+    Ok(out)
+}
+
+/// Rows per (status, event type), for the dashboard.
+pub async fn counts_by_event(
+    client: &tokio_postgres::Client,
+) -> Result<std::collections::BTreeMap<(String, String), i64>, OutboxError> {
     let rows = client
         .query(
-            "SELECT status, count(*) FROM integrations_outbox GROUP BY status",
+            "SELECT status, event_type, count(*) FROM integrations_outbox
+              GROUP BY status, event_type",
             &[],
         )
         .await?;
     let mut out = std::collections::BTreeMap::new();
     for r in rows {
-        out.insert(r.try_get::<_, String>(0)?, r.try_get::<_, i64>(1)?);
+        out.insert((r.try_get(0)?, r.try_get(1)?), r.try_get::<_, i64>(2)?);
     }
     Ok(out)
 }

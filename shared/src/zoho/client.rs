@@ -51,6 +51,9 @@ pub struct CallStats {
     calls: AtomicU64,
     total_ms: AtomicU64,
     max_ms: AtomicU64,
+    /// The last `X-API-CREDITS-REMAINING` Zoho sent, plus one (0: none
+    /// seen). Zoho sends it only once half the day's credits are used.
+    credits_remaining: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -58,6 +61,8 @@ pub struct CallStatsSnapshot {
     pub calls: u64,
     pub total_ms: u64,
     pub max_ms: u64,
+    /// API credits left in Zoho's rolling 24 hours, when Zoho said.
+    pub credits_remaining: Option<u64>,
 }
 
 impl CallStats {
@@ -68,12 +73,26 @@ impl CallStats {
         self.max_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
+    fn credits(&self, headers: &reqwest::header::HeaderMap) {
+        let remaining = headers
+            .get("x-api-credits-remaining")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(n) = remaining {
+            self.credits_remaining.store(n + 1, Ordering::Relaxed);
+        }
+    }
+
     /// Returns the counts so far and starts again from zero.
     pub fn take(&self) -> CallStatsSnapshot {
         CallStatsSnapshot {
             calls: self.calls.swap(0, Ordering::Relaxed),
             total_ms: self.total_ms.swap(0, Ordering::Relaxed),
             max_ms: self.max_ms.swap(0, Ordering::Relaxed),
+            credits_remaining: self
+                .credits_remaining
+                .swap(0, Ordering::Relaxed)
+                .checked_sub(1),
         }
     }
 }
@@ -217,6 +236,7 @@ impl ZohoClient {
                 }
             };
             let status = resp.status().as_u16();
+            self.stats.credits(resp.headers());
             let bytes = resp.bytes().await.map_err(ZohoError::from_reqwest);
             self.stats.record(started.elapsed());
             let bytes = bytes?;
@@ -384,6 +404,28 @@ impl LazyZohoClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credits_left_are_reported_once_zoho_says_and_then_cleared() {
+        let stats = CallStats::default();
+        assert_eq!(
+            stats.take().credits_remaining,
+            None,
+            "Zoho says nothing below half"
+        );
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("x-api-credits-remaining", "4980".parse().unwrap());
+        stats.credits(&headers);
+        assert_eq!(stats.take().credits_remaining, Some(4980));
+        assert_eq!(stats.take().credits_remaining, None);
+        headers.insert("x-api-credits-remaining", "0".parse().unwrap());
+        stats.credits(&headers);
+        assert_eq!(
+            stats.take().credits_remaining,
+            Some(0),
+            "none left is still news"
+        );
+    }
 
     #[test]
     fn results_need_an_id_and_keep_the_order() {

@@ -198,6 +198,7 @@ impl Drain {
             let s = z.stats().take();
             report.zoho_calls = s.calls;
             report.zoho_latency_max_ms = s.max_ms;
+            report.zoho_credits_remaining = s.credits_remaining;
             if s.calls > 0 {
                 report.zoho_latency_avg_ms = s.total_ms as f64 / s.calls as f64;
             }

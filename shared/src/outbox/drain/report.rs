@@ -55,6 +55,9 @@ pub struct DrainReport {
     pub zoho_calls: u64,
     pub zoho_latency_avg_ms: f64,
     pub zoho_latency_max_ms: u64,
+    /// Zoho's API credits left in its rolling 24 hours, once Zoho says
+    /// (from half the day's credits used on).
+    pub zoho_credits_remaining: Option<u64>,
     pub oldest_pending_age_seconds: f64,
     pub stopped: Option<StopReason>,
     pub stop_detail: Option<String>,
@@ -71,6 +74,9 @@ impl DrainReport {
         m.add("handed_back", self.handed_back as f64, Unit::Count);
         m.add("reclaimed", self.reclaimed as f64, Unit::Count);
         m.add("zoho_calls", self.zoho_calls as f64, Unit::Count);
+        if let Some(n) = self.zoho_credits_remaining {
+            m.set("zoho_credits_remaining", n as f64, Unit::Count);
+        }
         m.set(
             "oldest_pending_age",
             self.oldest_pending_age_seconds,
