@@ -5,6 +5,11 @@
 //!   the active run's id, 403 with a `reason` when `enableKommoLive` is off.
 //! - `GET /integrations/kommo/full-refresh/{runId}`: the run with live progress.
 //! - `GET /integrations/kommo/full-refresh`: recent runs.
+//! - `POST /integrations/kommo/full-refresh/{runId}/approve` swaps a run held
+//!   as `needs_review` into production as it was staged (the guard waived);
+//!   `…/discard` closes it. Both need a role of their own
+//!   (`FULL_REFRESH_ADMIN_ROLES`, default `refresh_admin`) and are audited;
+//!   409 when the run is not held.
 //!
 //! Every route needs a staff JWT (401 without, 403 for another role).
 
@@ -19,7 +24,11 @@ use shared::{
     platform::db::{DbError, DbPool},
     platform::flags::{FeatureFlags, Flag},
     platform::secrets::{SecretSource, StaffJwtSecret},
-    refresh::{runs, JobQueue, RefreshError, RefreshSettings, StartOutcome},
+    refresh::{
+        runs,
+        swap::{self, Decision},
+        JobQueue, RefreshError, RefreshSettings, StartOutcome,
+    },
 };
 use uuid::Uuid;
 
@@ -30,7 +39,15 @@ const MAX_BODY: usize = 4 * 1024;
 pub enum Route {
     Runs,
     Run(String),
+    /// `{runId}/approve` or `{runId}/discard`.
+    Decide(String, Verdict),
     Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Approve,
+    Discard,
 }
 
 /// See [`apigw::match_route`] on the stage prefix.
@@ -38,6 +55,12 @@ pub fn route(path: &str) -> Route {
     apigw::match_route(path, |segs| match segs {
         ["integrations", "kommo", "full-refresh"] => Some(Route::Runs),
         ["integrations", "kommo", "full-refresh", id] => Some(Route::Run((*id).to_string())),
+        ["integrations", "kommo", "full-refresh", id, "approve"] => {
+            Some(Route::Decide((*id).to_string(), Verdict::Approve))
+        }
+        ["integrations", "kommo", "full-refresh", id, "discard"] => {
+            Some(Route::Decide((*id).to_string(), Verdict::Discard))
+        }
         _ => None,
     })
     .unwrap_or(Route::Unknown)
@@ -81,14 +104,19 @@ impl HttpApp {
                 return Err(method_not_allowed("GET, POST"));
             }
             (Route::Run(_), m) if m != Method::GET => return Err(method_not_allowed("GET")),
+            (Route::Decide(..), m) if m != Method::POST => return Err(method_not_allowed("POST")),
             _ => {}
+        }
+        if let Route::Decide(id, verdict) = &route {
+            let admin = apigw::staff(req, &self.jwt, &self.settings.admin_roles).await?;
+            return self.decide(id, *verdict, &admin.sub).await;
         }
         let staff = apigw::staff(req, &self.jwt, &self.allowed_roles).await?;
         match route {
             Route::Runs if method == Method::POST => self.start(req, &staff.sub).await,
             Route::Runs => self.list(req).await,
             Route::Run(id) => self.status(&id).await,
-            Route::Unknown => Err(ApiError::no_route()),
+            Route::Decide(..) | Route::Unknown => Err(ApiError::no_route()),
         }
     }
 
@@ -184,9 +212,32 @@ impl HttpApp {
         Ok(year as i32)
     }
 
+    /// An admin's approve or discard of a held run; the answer is the run.
+    async fn decide(&self, id: &str, verdict: Verdict, sub: &str) -> Result<Response, ApiError> {
+        let id = run_id(id)?;
+        let mut client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| db_unavailable(e.into()))?;
+        let decision = match verdict {
+            Verdict::Approve => swap::approve(&mut client, id, sub).await,
+            Verdict::Discard => swap::discard(&mut client, id, sub).await,
+        };
+        match decision {
+            Ok(Decision::NotHeld) => Err(ApiError::new(
+                409,
+                "not_held",
+                "the run is not held for review",
+            )),
+            Ok(_) => self.status(&id.to_string()).await,
+            Err(RefreshError::UnknownRun(_)) => Err(ApiError::new(404, "not_found", "no such run")),
+            Err(e) => Err(refresh_error(e)),
+        }
+    }
+
     async fn status(&self, id: &str) -> Result<Response, ApiError> {
-        let id = Uuid::parse_str(id)
-            .map_err(|_| ApiError::new(400, "invalid_run_id", "the run id is not a UUID"))?;
+        let id = run_id(id)?;
         let client = self
             .pool
             .get()
@@ -222,6 +273,11 @@ impl HttpApp {
     }
 }
 
+fn run_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id)
+        .map_err(|_| ApiError::new(400, "invalid_run_id", "the run id is not a UUID"))
+}
+
 fn method_not_allowed(allow: &'static str) -> ApiError {
     ApiError::method_not_allowed(allow, format!("method not allowed; use {allow}"))
 }
@@ -253,5 +309,13 @@ mod tests {
             Route::Unknown
         );
         assert_eq!(route("/integrations/kommo"), Route::Unknown);
+        assert_eq!(
+            route("/prod/integrations/kommo/full-refresh/abc/approve"),
+            Route::Decide("abc".into(), Verdict::Approve)
+        );
+        assert_eq!(
+            route("/integrations/kommo/full-refresh/abc/discard"),
+            Route::Decide("abc".into(), Verdict::Discard)
+        );
     }
 }

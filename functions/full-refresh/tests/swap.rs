@@ -641,3 +641,90 @@ async fn copy_and_row_inserts_stage_identical_rows_and_cleanup_keeps_the_last_ru
         "only the newest successful run keeps its staging"
     );
 }
+
+/// A run held for review: 10 leads swapped, then a run of `held + 1`.
+async fn held_run(db: &TestDb, held: i64) -> Uuid {
+    let run1 = running_run(db, 2025).await;
+    stage(db, run1, &page(9), StagingMethod::BinaryCopy).await;
+    assert!(matches!(
+        run_swap(db, run1).await,
+        SwapOutcome::Succeeded(_)
+    ));
+    let run2 = running_run(db, 2025).await;
+    stage(db, run2, &page(held), StagingMethod::BinaryCopy).await;
+    assert!(matches!(
+        run_swap(db, run2).await,
+        SwapOutcome::NeedsReview { .. }
+    ));
+    run2
+}
+
+async fn decide(db: &TestDb, run_id: Uuid, verdict: &str, role: &str) -> (u16, serde_json::Value) {
+    let app = http_app(
+        db,
+        std::sync::Arc::new(testkit::refresh::MemoryQueue::default()),
+    );
+    let path = format!("/integrations/kommo/full-refresh/{run_id}/{verdict}");
+    let resp = app
+        .handle(request("POST", &path, "", Some(&token("dana", role)), None))
+        .await;
+    let body = body_json(&resp);
+    (resp.status_code as u16, body)
+}
+
+async fn audit_actor(db: &TestDb, action: &str, run_id: Uuid) -> Option<String> {
+    db.client()
+        .await
+        .query_opt(
+            "SELECT actor FROM audit_log WHERE action = $1 AND subject = $2",
+            &[&action, &run_id.to_string()],
+        )
+        .await
+        .unwrap()
+        .map(|r| r.get(0))
+}
+
+#[tokio::test]
+async fn a_refresh_admin_approves_a_held_run_into_production_and_it_is_audited() {
+    let db = TestDb::new().await;
+    let run = held_run(&db, 5).await; // 6 leads against 10
+    let before = dump_production(&db).await;
+
+    let (status, body) = decide(&db, run, "approve", "ops").await;
+    assert_eq!(status, 403, "starting a run is not deciding one: {body}");
+    assert_eq!(dump_production(&db).await, before);
+
+    let (status, body) = decide(&db, run, "approve", "refresh_admin").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "succeeded");
+    assert_ne!(
+        dump_production(&db).await,
+        before,
+        "the staging is in production"
+    );
+    assert_eq!(status_of(&db, run).await.0, "succeeded");
+    assert_eq!(
+        audit_actor(&db, "refresh.approve", run).await.as_deref(),
+        Some("dana")
+    );
+
+    let (status, _) = decide(&db, run, "approve", "refresh_admin").await;
+    assert_eq!(status, 409, "a decided run is no longer held");
+}
+
+#[tokio::test]
+async fn a_discarded_run_leaves_production_alone_and_is_audited() {
+    let db = TestDb::new().await;
+    let run = held_run(&db, 2).await; // 3 leads against 10
+    let before = dump_production(&db).await;
+    let (status, body) = decide(&db, run, "discard", "refresh_admin").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "failed");
+    assert_eq!(dump_production(&db).await, before);
+    assert_eq!(
+        audit_actor(&db, "refresh.discard", run).await.as_deref(),
+        Some("dana")
+    );
+    let (status, _) = decide(&db, run, "approve", "refresh_admin").await;
+    assert_eq!(status, 409, "a discarded run cannot be approved");
+}

@@ -67,5 +67,11 @@ pub fn message(run: &RunRecord) -> String {
         text.push_str(&format!(" {excerpt}"));
     }
     text.push_str(" Production data was not changed; staging is kept for inspection.");
+    if run.status == RunStatus::NeedsReview {
+        text.push_str(&format!(
+            " A refresh admin decides: POST /integrations/kommo/full-refresh/{}/approve or …/discard.",
+            run.id
+        ));
+    }
     text
 }

@@ -25,6 +25,9 @@ pub struct RefreshSettings {
     pub default_year: Option<i32>,
     /// `pg_try_advisory_lock` key held by the one worker allowed to run.
     pub lock_key: i64,
+    /// JWT roles that may approve or discard a run held for review
+    /// (`FULL_REFRESH_ADMIN_ROLES`), apart from those that may start one.
+    pub admin_roles: Vec<String>,
 }
 
 impl Default for RefreshSettings {
@@ -38,6 +41,7 @@ impl Default for RefreshSettings {
             year_bounds: YearBounds::Utc,
             default_year: None,
             lock_key: 90_901,
+            admin_roles: vec!["refresh_admin".to_string()],
         }
     }
 }
@@ -79,6 +83,7 @@ impl RefreshSettings {
             keep_runs: cfg.full_refresh_keep_runs,
             year_bounds: cfg.full_refresh_year_bounds,
             default_year: cfg.full_refresh_default_year,
+            admin_roles: env.list("FULL_REFRESH_ADMIN_ROLES", &["refresh_admin"]),
             ..RefreshSettings::default()
         }
     }

@@ -188,6 +188,18 @@ async fn replace_production(
         &[&run_id],
     )
     .await?;
+    write_production(&tx, run_id, staged).await?;
+    tx.commit().await?;
+    tracing::info!(%run_id, counts = ?staged.counts, "full refresh swapped into production");
+    Ok(SwapOutcome::Succeeded(staged.counts))
+}
+
+/// Steps 2–9 inside the caller's transaction, which holds the run's lock.
+async fn write_production(
+    tx: &tokio_postgres::Transaction<'_>,
+    run_id: Uuid,
+    staged: &Staged,
+) -> Result<(), RefreshError> {
     // 2. No outbox writes from this transaction (see migration V4).
     tx.execute(
         "SELECT set_config('integrations.outbox_suppressed', 'on', true)",
@@ -198,7 +210,7 @@ async fn replace_production(
     // 3–7. Soft-delete current Kommo data, then clients (matched to
     //      existing ones exactly as webhook ingest does), sales leads,
     //      vehicles, bookings and their vehicle links.
-    erp::snapshot::apply(&tx, run_id, staged.started_at).await?;
+    erp::snapshot::apply(tx, run_id, staged.started_at).await?;
 
     // 8–9. Record the outcome with the data, so `succeeded` never shows
     //      for a swap that did not commit.
@@ -218,7 +230,74 @@ async fn replace_production(
         ],
     )
     .await?;
+    Ok(())
+}
+
+/// An operator's decision on a run held as `needs_review`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The run's staging is in production, as it was staged.
+    Approved(SwapCounts),
+    /// The run is closed; production is as it was.
+    Discarded,
+    /// The run is not (or no longer) held for review.
+    NotHeld,
+}
+
+/// Swaps a held run's staging into production as it is, the guard waived,
+/// and records who approved it, in one transaction.
+pub async fn approve(
+    client: &mut tokio_postgres::Client,
+    run_id: Uuid,
+    approver: &str,
+) -> Result<Decision, RefreshError> {
+    let staged = pre_check(client, run_id).await?;
+    let tx = client.transaction().await?;
+    let held = tx
+        .query_opt(
+            "SELECT error FROM kommo_import_runs WHERE id = $1 AND status = 'needs_review' FOR UPDATE",
+            &[&run_id],
+        )
+        .await?;
+    let Some(held) = held else {
+        return Ok(Decision::NotHeld);
+    };
+    let guard: Option<String> = held.try_get(0)?;
+    write_production(&tx, run_id, &staged).await?;
+    tx.execute(
+        "INSERT INTO audit_log (actor, action, subject, previous, current)
+         VALUES ($1, 'refresh.approve', $2, $3, $4)",
+        &[
+            &approver,
+            &run_id.to_string(),
+            &json!({"status": "needs_review", "error": guard, "previous_leads": staged.previous}),
+            &json!({"status": "succeeded", "leads": staged.counts.leads}),
+        ],
+    )
+    .await?;
     tx.commit().await?;
-    tracing::info!(%run_id, ?counts, "full refresh swapped into production");
-    Ok(SwapOutcome::Succeeded(counts))
+    tracing::warn!(%run_id, approver, counts = ?staged.counts, "held full refresh approved and swapped");
+    Ok(Decision::Approved(staged.counts))
+}
+
+/// Closes a held run without touching production (`discard_import_run`,
+/// which records it in `audit_log` for `actor`).
+pub async fn discard(
+    client: &mut tokio_postgres::Client,
+    run_id: Uuid,
+    actor: &str,
+) -> Result<Decision, RefreshError> {
+    let tx = client.transaction().await?;
+    tx.query_one("SELECT set_config('audit.actor', $1, true)", &[&actor])
+        .await?;
+    let done: bool = tx
+        .query_one("SELECT discard_import_run($1, NULL)", &[&run_id])
+        .await?
+        .try_get(0)?;
+    tx.commit().await?;
+    Ok(if done {
+        Decision::Discarded
+    } else {
+        Decision::NotHeld
+    })
 }
