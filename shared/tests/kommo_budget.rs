@@ -193,3 +193,40 @@ async fn a_403_pauses_every_container_and_a_429_pushes_everyones_next_slot() {
         t.elapsed()
     );
 }
+
+/// A Kommo that answers its first request 429 with `Retry-After: 1`, then 204.
+async fn kommo_asking_to_wait() -> String {
+    use axum::{http::StatusCode, response::IntoResponse, routing::get, Router};
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = Router::new().route(
+        "/api/v4/leads",
+        get(move || {
+            let seen = seen.clone();
+            async move {
+                match seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                    0 => (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "{}")
+                        .into_response(),
+                    _ => StatusCode::NO_CONTENT.into_response(),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_retry_after_from_kommo_holds_the_retry_back_for_that_long() {
+    let db = TestDb::new().await;
+    let url = kommo_asking_to_wait().await;
+    let kommo = client(&url, "token", db.pool(), Lane::Webhooks);
+    let t = Instant::now();
+    kommo.leads_by_ids(&[1]).await.unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "the retry waited for Retry-After, not the client's 50 ms backoff: {:?}",
+        t.elapsed()
+    );
+}

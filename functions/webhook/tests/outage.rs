@@ -19,7 +19,6 @@ use std::{
 };
 
 use aws_lambda_events::event::sqs::SqsEvent;
-use aws_sdk_sqs::types::QueueAttributeName;
 use common::*;
 use sandbox::kommo::{KommoOptions, KommoSandbox, WebhookEvent};
 use shared::{
@@ -32,45 +31,6 @@ use wiring::{InProcess, Invoker, PumpConfig, SqsPump};
 
 const UNIT: Duration = Duration::from_secs(1);
 const OUTAGE: Duration = Duration::from_secs(72);
-
-/// The queue and its dead-letter queue, shaped like the template's.
-async fn queues(sqs: &aws_sdk_sqs::Client) -> (String, String) {
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let dlq = sqs
-        .create_queue()
-        .queue_name(format!("outage-dlq-{suffix}"))
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    let dlq_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()
-        .remove(&QueueAttributeName::QueueArn)
-        .unwrap();
-    let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 5});
-    let main = sqs
-        .create_queue()
-        .queue_name(format!("outage-{suffix}"))
-        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
-        .attributes(
-            QueueAttributeName::VisibilityTimeout,
-            UNIT.as_secs().to_string(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    (main, dlq)
-}
 
 fn processor(pool: DbPool, kommo: &KommoSandbox, token: &str, hold: Queue) -> Processor {
     let opts = KommoClientOptions {
@@ -133,7 +93,8 @@ async fn six_hours(outage: fn(&testkit::TestDb, &KommoSandbox) -> (DbPool, Strin
     .await
     .unwrap();
     let sqs = sqs().await;
-    let (main, dlq) = queues(&sqs).await;
+    // Shaped like the template's: 5 receives, a visibility timeout of one unit.
+    let (main, dlq) = queue_with_dlq(&sqs, 5, Some(UNIT)).await;
     let receiver = http_app(dead_pool(), Queue::new(sqs.clone(), &main));
     let (down_pool, down_token) = outage(&db, &kommo);
     let function = Arc::new(Function {

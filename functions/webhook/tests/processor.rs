@@ -536,49 +536,12 @@ fn processor_for(pool: &shared::platform::db::DbPool, kommo: &KommoSandbox) -> P
     })
 }
 
-/// A queue with a dead-letter queue after `max_receive` receives, as in `template.yaml`.
-async fn queue_with_dlq(sqs: &aws_sdk_sqs::Client, max_receive: u32) -> (String, String) {
-    use aws_sdk_sqs::types::QueueAttributeName;
-    let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let dlq = sqs
-        .create_queue()
-        .queue_name(format!("kommo-events-dlq-{suffix}"))
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    let dlq_arn = sqs
-        .get_queue_attributes()
-        .queue_url(&dlq)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()
-        .remove(&QueueAttributeName::QueueArn)
-        .unwrap();
-    let policy =
-        serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive});
-    let main = sqs
-        .create_queue()
-        .queue_name(format!("kommo-events-{suffix}"))
-        .attributes(QueueAttributeName::RedrivePolicy, policy.to_string())
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    (main, dlq)
-}
-
 #[tokio::test]
 async fn after_the_receive_limit_the_delivery_is_in_the_dlq_and_the_events_table_says_why() {
     use wiring::{InProcess, Invoker, PumpConfig, SqsPump};
 
     let w = World::new().await;
-    let (main, dlq) = queue_with_dlq(&w.sqs, 2).await;
+    let (main, dlq) = queue_with_dlq(&w.sqs, 2, None).await;
     let app = http_app(w.db.pool(), Queue::new(w.sqs.clone(), &main));
     let mut req = load_event("webhook-contact-update.json");
     req.body = Some(

@@ -111,34 +111,39 @@ impl SharedBudget {
         }
     }
 
-    /// Waits for this request's slot.
+    /// Waits for this request's slot. No pooled connection is held while
+    /// waiting: the pool is the function's, and a wait can last seconds.
     pub async fn until_ready(&self) -> Result<(), BudgetError> {
-        let client = self.pool.get().await.map_err(store)?;
         if self.lane == Lane::Webhooks {
             let spacing = 1.0 / self.settings.webhook_share.max(0.01);
-            let row = client
-                .query_opt(RESERVE_LANE, &[&spacing])
-                .await
-                .map_err(store)?;
-            if let Some(r) = row {
-                sleep_secs(r.try_get(0).map_err(store)?).await;
+            if let Some(wait) = self.reserve(RESERVE_LANE, &[&spacing]).await? {
+                sleep_secs(wait).await;
             }
         }
         let spacing = 1.0 / self.settings.per_second.max(0.01);
         let refresh = self.lane == Lane::Refresh;
         let grace = self.settings.refresh_grace.as_secs_f64();
-        let row = client
-            .query_opt(RESERVE_ACCOUNT, &[&spacing, &refresh, &grace])
-            .await
-            .map_err(store)?;
-        drop(client);
-        match row {
-            Some(r) => {
-                sleep_secs(r.try_get(0).map_err(store)?).await;
+        match self
+            .reserve(RESERVE_ACCOUNT, &[&spacing, &refresh, &grace])
+            .await?
+        {
+            Some(wait) => {
+                sleep_secs(wait).await;
                 Ok(())
             }
             None => Err(self.blocked_until().await),
         }
+    }
+
+    /// Runs one reservation; the wait in seconds, or None when it found no row.
+    async fn reserve(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<f64>, BudgetError> {
+        let client = self.pool.get().await.map_err(store)?;
+        let row = client.query_opt(sql, params).await.map_err(store)?;
+        row.map(|r| r.try_get(0).map_err(store)).transpose()
     }
 
     async fn blocked_until(&self) -> BudgetError {

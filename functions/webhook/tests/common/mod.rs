@@ -70,6 +70,50 @@ pub async fn fresh_queue(_client: &aws_sdk_sqs::Client) -> String {
 }
 
 /// Every message waiting in the queue (received and deleted).
+/// A queue with a dead-letter queue after `max_receive` receives, as in
+/// `template.yaml`, and a visibility timeout when given.
+pub async fn queue_with_dlq(
+    sqs: &aws_sdk_sqs::Client,
+    max_receive: u32,
+    visibility: Option<Duration>,
+) -> (String, String) {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let dlq = sqs
+        .create_queue()
+        .queue_name(format!("kommo-events-dlq-{suffix}"))
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let dlq_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes
+        .unwrap()
+        .remove(&QueueAttributeName::QueueArn)
+        .unwrap();
+    let policy =
+        serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive});
+    let mut main = sqs
+        .create_queue()
+        .queue_name(format!("kommo-events-{suffix}"))
+        .attributes(QueueAttributeName::RedrivePolicy, policy.to_string());
+    if let Some(v) = visibility {
+        main = main.attributes(
+            QueueAttributeName::VisibilityTimeout,
+            v.as_secs().to_string(),
+        );
+    }
+    let main = main.send().await.unwrap().queue_url.unwrap();
+    (main, dlq)
+}
+
 pub async fn drain(client: &aws_sdk_sqs::Client, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
     let mut all = Vec::new();
     loop {

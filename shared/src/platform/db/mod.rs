@@ -118,7 +118,7 @@ impl DbSettings {
     }
 
     /// The settings connections are opened with now (after any rotation).
-    pub fn pg(&self) -> tokio_postgres::Config {
+    fn pg(&self) -> tokio_postgres::Config {
         self.connector.current()
     }
 
