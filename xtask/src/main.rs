@@ -141,6 +141,13 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo's target directory, as cargo itself picks it.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
 pub fn workdir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join("kommo-zoho-xtask");
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -166,6 +173,12 @@ fn test(extra: &[String]) -> Result<()> {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     let cfn_lint = stack::ensure_pip_tool("cfn-lint", "cfn-lint")?;
     let work = workdir()?;
+    if ci {
+        // A CI clone builds once: incremental caches would only fill its disk
+        // (about 2 GB). The cargo runs below inherit the setting.
+        std::env::set_var("CARGO_INCREMENTAL", "0");
+        let _ = std::fs::remove_dir_all(target_dir().join("debug").join("incremental"));
+    }
 
     step(
         "cargo fmt --check",

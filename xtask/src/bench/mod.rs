@@ -158,9 +158,9 @@ fn build(release: bool) -> Result<Binaries> {
             cmd.args(["-p", p]);
         }
     } else {
-        // The workspace's feature set, as `cargo test --workspace` resolves
-        // it, so the smoke run reuses the test build instead of compiling
-        // the dependencies again. xtask is already built: it is running.
+        // With the feature floor in shared/Cargo.toml this resolves the
+        // features `cargo test --workspace` does, so the smoke run reuses the
+        // test build. xtask is already built: it is running.
         cmd.args(["--workspace", "--exclude", "xtask"]);
     }
     eprintln!(
@@ -240,13 +240,9 @@ fn machine() -> String {
 }
 
 fn json_path(args: &BenchArgs) -> PathBuf {
-    args.json.clone().unwrap_or_else(|| {
-        std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| crate::root().join("target"))
-            .join("bench")
-            .join("latest.json")
-    })
+    args.json
+        .clone()
+        .unwrap_or_else(|| crate::target_dir().join("bench").join("latest.json"))
 }
 
 /// Points the process at PostgreSQL and moto, starting throwaway ones when
@@ -321,11 +317,7 @@ pub fn run_smoke(admin_url: &str, aws_env: &[(String, String)]) -> Result<()> {
 /// the same arguments; its stack and cleanup are its own.
 fn hand_over_to_release() -> Result<()> {
     build(true)?;
-    let exe = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| crate::root().join("target"))
-        .join("release")
-        .join("xtask");
+    let exe = crate::target_dir().join("release").join("xtask");
     eprintln!("xtask: running the release build of the benchmark");
     let status = std::process::Command::new(&exe)
         .args(std::env::args_os().skip(1))
