@@ -15,6 +15,7 @@ mod dev;
 mod devstack;
 mod env_file;
 mod events;
+mod features;
 mod local;
 mod stack;
 
@@ -192,6 +193,8 @@ fn test(extra: &[String]) -> Result<()> {
     )?;
     eprintln!("\nxtask: ── template.yaml, functions/* and samconfig.toml agree ──");
     deploy::check()?;
+    eprintln!("\nxtask: ── one dependency build for every selection ──");
+    features::check()?;
     step(
         "cargo clippy",
         cargo().args([
