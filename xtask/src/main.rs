@@ -149,6 +149,38 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| root().join("target"))
 }
 
+/// A full test run leaves about 2.5 GB in target/ (one dependency build, no
+/// incremental caches under CI) and cargo-deny's install needs about 1 GB more
+/// while it builds. Running out shows up as a rustc I/O error deep in the run;
+/// say it up front instead.
+fn warn_if_disk_is_short() {
+    const NEEDED_KIB: u64 = 4 * 1024 * 1024;
+    let target = target_dir();
+    let probe = if target.exists() { target } else { root() };
+    let free_kib = Command::new("df")
+        .args(["-Pk"])
+        .arg(&probe)
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            text.lines()
+                .nth(1)?
+                .split_whitespace()
+                .nth(3)?
+                .parse::<u64>()
+                .ok()
+        });
+    if let Some(free) = free_kib.filter(|free| *free < NEEDED_KIB) {
+        eprintln!(
+            "xtask: warning: only {:.1} GiB free at {}; a full test run needs about 4 GiB \
+             (\"No space left on device\" from rustc means this)",
+            free as f64 / (1024.0 * 1024.0),
+            probe.display()
+        );
+    }
+}
+
 pub fn workdir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join("kommo-zoho-xtask");
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
@@ -180,6 +212,7 @@ fn test(extra: &[String]) -> Result<()> {
         std::env::set_var("CARGO_INCREMENTAL", "0");
         let _ = std::fs::remove_dir_all(target_dir().join("debug").join("incremental"));
     }
+    warn_if_disk_is_short();
 
     step(
         "cargo fmt --check",
