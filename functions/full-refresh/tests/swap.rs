@@ -149,15 +149,19 @@ async fn status_of(db: &TestDb, run_id: Uuid) -> (String, Option<String>, i32) {
     (r.get(0), r.get(1), r.get(2))
 }
 
-/// Production before the refresh: an old Kommo booking and its sales lead
-/// (another year), a manual booking, and some outbox work.
+/// Production before the refresh: a Kommo booking and its sales lead of
+/// the run's year that Kommo no longer lists (999), one of another year
+/// (998), a manual booking, and some outbox work.
 async fn seed_production(db: &TestDb) {
     let c = db.client().await;
     c.batch_execute(
-        "INSERT INTO bookings (source_payload_id, channel, created_by, kommo_lead_id, status, kommo_updated_at)
-              VALUES ('kommo:999', 'Kommo', 'system-kommo', 999, 'confirmed', '2024-05-01Z');
-         INSERT INTO sales_leads (lead_code, kommo_lead_id, source, kommo_updated_at)
-              VALUES ('999', 999, 'Kommo', '2024-05-01Z');
+        "INSERT INTO bookings (source_payload_id, channel, created_by, kommo_lead_id, status, kommo_updated_at,
+                               kommo_created_at)
+              VALUES ('kommo:999', 'Kommo', 'system-kommo', 999, 'confirmed', '2025-02-01Z', '2025-02-01Z'),
+                     ('kommo:998', 'Kommo', 'system-kommo', 998, 'confirmed', '2024-05-01Z', '2024-05-01Z');
+         INSERT INTO sales_leads (lead_code, kommo_lead_id, source, kommo_updated_at, kommo_created_at)
+              VALUES ('999', 999, 'Kommo', '2025-02-01Z', '2025-02-01Z'),
+                     ('998', 998, 'Kommo', '2024-05-01Z', '2024-05-01Z');
          INSERT INTO bookings (external_code, channel, created_by, manual_created_by, status)
               VALUES ('MAN-1', 'manual', 'staff', 'staff-1', 'confirmed');
          INSERT INTO integrations_outbox (entity_type, entity_id, target_system, event_type, dedupe_key)
@@ -203,7 +207,11 @@ async fn swap_replaces_kommo_data_per_the_spec_and_adds_no_outbox_rows() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(active, vec!["kommo:1000", "kommo:1001", "kommo:1002"]);
+    // 998 was created in 2024: outside the run's scope, so left alone.
+    assert_eq!(
+        active,
+        vec!["kommo:1000", "kommo:1001", "kommo:1002", "kommo:998"]
+    );
     // The excluded lead is a sales lead only.
     assert_eq!(
         c.query_one(
@@ -224,7 +232,8 @@ async fn swap_replaces_kommo_data_per_the_spec_and_adds_no_outbox_rows() {
         .unwrap();
     assert_eq!(excluded.get::<_, Option<i64>>(0), Some(79790631));
     assert!(excluded.get::<_, bool>(1));
-    // The other year's Kommo data is soft-deleted and archived, not removed.
+    // The year's Kommo data missing from the snapshot is soft-deleted and
+    // archived, not removed; the other year's stays as it was.
     let old = c
         .query_one(
             "SELECT is_active FROM bookings WHERE source_payload_id = 'kommo:999'",
@@ -241,6 +250,14 @@ async fn swap_replaces_kommo_data_per_the_spec_and_adds_no_outbox_rows() {
         .await
         .unwrap();
     assert!(old_lead.get::<_, bool>(0));
+    let other_year = c
+        .query_one(
+            "SELECT archived_at IS NULL FROM sales_leads WHERE lead_code = '998'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(other_year.get::<_, bool>(0));
     // Manual bookings are not Kommo's to touch.
     let manual = c
         .query_one(
@@ -310,10 +327,8 @@ async fn outbox_writes_by_triggers_are_suppressed_during_the_swap_only() {
     .unwrap();
     let run_id = running_run(&db, 2025).await;
     stage(&db, run_id, &page(3), StagingMethod::BinaryCopy).await;
-    assert!(matches!(
-        run_swap(&db, run_id).await,
-        SwapOutcome::Succeeded(_)
-    ));
+    let o = run_swap(&db, run_id).await;
+    assert!(matches!(o, SwapOutcome::Succeeded(_)), "{o:?}");
     assert_eq!(db.count("bookings").await, 3);
     assert_eq!(db.count("integrations_outbox").await, 0);
     // Outside the swap the same trigger works as usual.
