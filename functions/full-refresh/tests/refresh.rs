@@ -17,87 +17,18 @@ use axum::{extract::State, routing::post, Router};
 use chrono::{TimeZone, Utc};
 use common::*;
 use full_refresh::worker::WorkerApp;
-use sandbox::kommo::{data, KommoOptions, KommoSandbox, SandboxLead};
+use sandbox::kommo::{data, SandboxLead};
 use serde_json::Value;
 use shared::{
-    kommo::{KommoClient, KommoClientOptions},
     platform::{deadline::Deadline, secrets::Redacted},
-    refresh::{alert::SlackTarget, Alerter, JobOutcome, RefreshSettings, RunStatus, Worker},
+    refresh::{alert::SlackTarget, Alerter, JobOutcome, RefreshSettings, RunStatus},
 };
 use testkit::{
     refresh::{process_queued_jobs, run_to_completion, MemoryQueue},
     TestDb,
 };
 
-const YEAR: i32 = 2025;
 const EXCLUDED: [i64; 2] = [data::STATUS_BOT_ANSWERING, data::STATUS_FOLLOW_UP];
-
-async fn sandbox(leads: usize, contacts: usize) -> KommoSandbox {
-    KommoSandbox::start(KommoOptions {
-        seed: 6,
-        leads,
-        contacts,
-        year: Some(YEAR),
-        ..KommoOptions::default()
-    })
-    .await
-    .expect("sandbox starts")
-}
-
-fn settings() -> RefreshSettings {
-    RefreshSettings {
-        // Small pages, so a small account spans several.
-        page_limit: 40,
-        ..RefreshSettings::default()
-    }
-}
-
-fn worker(
-    db: &TestDb,
-    kommo: &KommoSandbox,
-    queue: Arc<MemoryQueue>,
-    settings: RefreshSettings,
-) -> Worker {
-    let client = KommoClient::with_token(
-        &kommo.base_url(),
-        Redacted::new(kommo.token()),
-        KommoClientOptions {
-            rate_per_second: 1000,
-            timeout: Duration::from_secs(5),
-            max_retries: 1,
-            retry_min_delay: Duration::from_millis(5),
-            retry_max_delay: Duration::from_millis(20),
-            ids_per_request: 50,
-        },
-    )
-    .expect("kommo client");
-    Worker {
-        pool: db.pool(),
-        kommo: client,
-        queue,
-        flags: flags(db),
-        alerter: None,
-        settings,
-    }
-}
-
-async fn live_db() -> TestDb {
-    let db = TestDb::new().await;
-    db.set_flag("enableKommoLive", true).await;
-    db
-}
-
-fn in_year(l: &SandboxLead) -> bool {
-    let from = Utc
-        .with_ymd_and_hms(YEAR, 1, 1, 0, 0, 0)
-        .unwrap()
-        .timestamp();
-    let to = Utc
-        .with_ymd_and_hms(YEAR + 1, 1, 1, 0, 0, 0)
-        .unwrap()
-        .timestamp();
-    l.created_at >= from && l.created_at < to
-}
 
 fn field_i64(l: &SandboxLead, field: i64, key: &str) -> Option<i64> {
     l.field(field)

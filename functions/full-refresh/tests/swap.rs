@@ -743,3 +743,118 @@ async fn a_discarded_run_leaves_production_alone_and_is_audited() {
     let (status, _) = decide(&db, run, "approve", "refresh_admin").await;
     assert_eq!(status, 409, "a discarded run cannot be approved");
 }
+
+#[tokio::test]
+async fn a_run_closed_as_stale_or_locked_by_another_worker_commits_nothing() {
+    let db = TestDb::new().await;
+    seed_production(&db).await;
+    let before = dump_production(&db).await;
+    let run_id = running_run(&db, 2025).await;
+    stage(&db, run_id, &page(3), StagingMethod::BinaryCopy).await;
+
+    // Another worker holds the run lock (this one lost it).
+    let key = RefreshSettings::default().lock_key;
+    let other = db.client().await;
+    other
+        .execute("SELECT pg_advisory_lock($1)", &[&key])
+        .await
+        .unwrap();
+    assert_eq!(run_swap(&db, run_id).await, SwapOutcome::NotOwned);
+    assert_eq!(dump_production(&db).await, before);
+    other
+        .execute("SELECT pg_advisory_unlock($1)", &[&key])
+        .await
+        .unwrap();
+
+    // A start closed the run as abandoned while its worker was still alive.
+    other
+        .execute(
+            "UPDATE kommo_import_runs SET status = 'failed', phase = 'failed' WHERE id = $1",
+            &[&run_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(run_swap(&db, run_id).await, SwapOutcome::NotOwned);
+    assert_eq!(status_of(&db, run_id).await.0, "failed");
+    assert_eq!(dump_production(&db).await, before);
+}
+
+#[tokio::test]
+async fn each_swap_statement_stops_at_the_swap_timeout() {
+    let db = TestDb::new().await;
+    seed_production(&db).await;
+    let c = db.client().await;
+    // Writing bookings takes longer than the account's timeout allows.
+    c.batch_execute(
+        "CREATE FUNCTION slow_bookings() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$;
+         CREATE TRIGGER slow_bookings BEFORE INSERT ON bookings
+           FOR EACH STATEMENT EXECUTE FUNCTION slow_bookings();",
+    )
+    .await
+    .unwrap();
+    let before = dump_production(&db).await;
+    let run_id = running_run(&db, 2025).await;
+    stage(&db, run_id, &page(3), StagingMethod::BinaryCopy).await;
+    let settings = RefreshSettings {
+        swap_timeout: std::time::Duration::from_millis(200),
+        ..RefreshSettings::default()
+    };
+    let mut conn = db.client().await;
+    let started = std::time::Instant::now();
+    let err = swap(&mut conn, run_id, &settings).await.unwrap_err();
+    assert!(format!("{err:?}").contains("statement timeout"), "{err:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    assert_eq!(dump_production(&db).await, before);
+    // The timeout was the swap's own: the connection is back to none.
+    let left: String = conn
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, "0");
+}
+
+#[tokio::test]
+async fn a_swap_waits_for_a_delivery_in_flight_instead_of_deadlocking() {
+    let db = TestDb::new().await;
+    let run1 = running_run(&db, 2025).await;
+    stage(&db, run1, &page(3), StagingMethod::BinaryCopy).await;
+    assert!(matches!(
+        run_swap(&db, run1).await,
+        SwapOutcome::Succeeded(_)
+    ));
+    let run2 = running_run(&db, 2025).await;
+    stage(&db, run2, &page(3), StagingMethod::BinaryCopy).await;
+
+    // A delivery of two leads in flight, as the processor applies it: the
+    // snapshot lock shared, then one lead's booking, later the other's.
+    let pool = db.pool();
+    let mut delivery = pool.get().await.unwrap();
+    let tx = delivery.transaction().await.unwrap();
+    shared::erp::snapshot::share_lock(&tx).await.unwrap();
+    tx.execute(
+        "UPDATE bookings SET title = 'from the webhook' WHERE source_payload_id = 'kommo:1002'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let swapping = tokio::spawn(async move {
+        let mut conn = pool.get().await.unwrap();
+        let client: &mut tokio_postgres::Client = &mut conn;
+        swap(client, run2, &RefreshSettings::default()).await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!swapping.is_finished(), "the swap waits for the delivery");
+    // The swap holds no row lock yet, so the delivery's next one is free
+    // (without the shared lock the swap would hold it, waiting for 1002).
+    tx.execute(
+        "UPDATE bookings SET title = 'from the webhook' WHERE source_payload_id = 'kommo:1000'",
+        &[],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let outcome = swapping.await.unwrap().unwrap();
+    assert!(matches!(outcome, SwapOutcome::Succeeded(_)), "{outcome:?}");
+}

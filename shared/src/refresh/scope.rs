@@ -8,7 +8,7 @@
 use uuid::Uuid;
 
 use super::RefreshError;
-use crate::{erp::snapshot::Scope, kommo::Lead, kommo::mapping::STATUS_LOST};
+use crate::{erp::snapshot::Scope, kommo::mapping::STATUS_LOST, kommo::Lead};
 
 /// The run's scope as the swap applies it. A run started before scopes were
 /// recorded answers for its checkpoint's bounds, else its UTC year.
@@ -113,4 +113,3 @@ pub async fn active_in_production(
         .await?
         .get(0))
 }
-

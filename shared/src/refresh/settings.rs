@@ -75,7 +75,9 @@ impl RefreshSettings {
         let drop_pct = env.or::<u32>("FULL_REFRESH_MAX_DROP_PERCENT", 30);
         let swap_timeout = env.millis("FULL_REFRESH_SWAP_TIMEOUT_MS", 120_000);
         if swap_timeout.is_zero() {
-            env.problem("FULL_REFRESH_SWAP_TIMEOUT_MS must be more than 0 (0 would mean no timeout)");
+            env.problem(
+                "FULL_REFRESH_SWAP_TIMEOUT_MS must be more than 0 (0 would mean no timeout)",
+            );
         }
         if !(1..=250).contains(&page_limit) {
             env.problem("FULL_REFRESH_PAGE_LIMIT must be 1..=250");

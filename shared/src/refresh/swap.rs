@@ -246,8 +246,11 @@ async fn write_production(
 ) -> Result<(), RefreshError> {
     // Each statement of the swap, not the whole of it, gets the timeout.
     let timeout = format!("{}ms", settings.swap_timeout.as_millis());
-    tx.execute("SELECT set_config('statement_timeout', $1, true)", &[&timeout])
-        .await?;
+    tx.execute(
+        "SELECT set_config('statement_timeout', $1, true)",
+        &[&timeout],
+    )
+    .await?;
     // Before any row lock: deliveries in flight finish, later ones wait.
     erp::snapshot::exclusive_lock(tx).await?;
     // A delete the processor applied after the lead's page was fetched wins
