@@ -99,26 +99,30 @@ async fn active(db: &TestDb, sql: &str) -> BTreeSet<i64> {
         .collect()
 }
 
+/// A live database, the sandbox of 400 leads and a worker against both.
+async fn world() -> (TestDb, KommoSandbox, Arc<MemoryQueue>, Worker) {
+    let db = live_db().await;
+    let kommo = sandbox(400, 150).await;
+    let queue = Arc::new(MemoryQueue::default());
+    let w = worker(&db, &kommo, queue.clone(), settings());
+    (db, kommo, queue, w)
+}
+
+/// A whole run of `year` that must succeed.
+async fn refreshed(w: &Worker, queue: &MemoryQueue, year: i32) -> RunRecord {
+    let run = run_to_completion(w, queue, "tester", year).await.unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
+    run
+}
+
 const ACTIVE_BOOKINGS: &str =
     "SELECT kommo_lead_id FROM bookings WHERE channel = 'Kommo' AND is_active";
 const LIVE_LEADS: &str = "SELECT kommo_lead_id FROM sales_leads WHERE archived_at IS NULL";
 
 #[tokio::test]
 async fn a_refresh_of_one_year_leaves_the_previous_years_bookings_untouched() {
-    let db = live_db().await;
-    let kommo = sandbox(400, 150).await;
-    let queue = Arc::new(MemoryQueue::default());
-    let w = worker(&db, &kommo, queue.clone(), settings());
-
-    let last_year = run_to_completion(&w, &queue, "tester", YEAR - 1)
-        .await
-        .unwrap();
-    assert_eq!(
-        last_year.status,
-        RunStatus::Succeeded,
-        "{:?}",
-        last_year.error
-    );
+    let (db, _kommo, queue, w) = world().await;
+    refreshed(&w, &queue, YEAR - 1).await;
     let bookings_before = active(&db, ACTIVE_BOOKINGS).await;
     let leads_before = active(&db, LIVE_LEADS).await;
     assert!(
@@ -126,13 +130,7 @@ async fn a_refresh_of_one_year_leaves_the_previous_years_bookings_untouched() {
         "the sandbox has last year's bookings"
     );
 
-    let this_year = run_to_completion(&w, &queue, "tester", YEAR).await.unwrap();
-    assert_eq!(
-        this_year.status,
-        RunStatus::Succeeded,
-        "{:?}",
-        this_year.error
-    );
+    let this_year = refreshed(&w, &queue, YEAR).await;
     let bookings_after = active(&db, ACTIVE_BOOKINGS).await;
     let leads_after = active(&db, LIVE_LEADS).await;
     assert!(
@@ -160,8 +158,7 @@ async fn a_refresh_of_one_year_leaves_the_previous_years_bookings_untouched() {
 
 #[tokio::test]
 async fn the_first_run_of_a_year_that_would_drop_more_than_30_percent_stops_for_review() {
-    let db = live_db().await;
-    let kommo = sandbox(400, 150).await;
+    let (db, kommo, queue, w) = world().await;
     let in_kommo = kommo
         .leads()
         .iter()
@@ -180,8 +177,6 @@ async fn the_first_run_of_a_year_that_would_drop_more_than_30_percent_stops_for_
     .unwrap();
     let before = dump_production(&db).await;
 
-    let queue = Arc::new(MemoryQueue::default());
-    let w = worker(&db, &kommo, queue.clone(), settings());
     let run = run_to_completion(&w, &queue, "tester", YEAR).await.unwrap();
     assert_eq!(run.status, RunStatus::NeedsReview, "{:?}", run.error);
     assert_eq!(run.last_success_count, Some(2 * in_kommo as i32));
@@ -215,13 +210,9 @@ fn paged_leads(kommo: &KommoSandbox) -> Vec<SandboxLead> {
 
 #[tokio::test]
 async fn a_lead_deleted_during_the_run_stays_deleted_and_a_lead_paging_skipped_stays() {
-    let db = live_db().await;
-    let kommo = sandbox(400, 150).await;
+    let (db, kommo, queue, w) = world().await;
     let leads = paged_leads(&kommo);
-    let queue = Arc::new(MemoryQueue::default());
-    let w = worker(&db, &kommo, queue.clone(), settings());
-    let first = run_to_completion(&w, &queue, "tester", YEAR).await.unwrap();
-    assert_eq!(first.status, RunStatus::Succeeded, "{:?}", first.error);
+    refreshed(&w, &queue, YEAR).await;
 
     // A user deletes a lead of page 1 right after the run fetched it; page
     // 2 then starts one lead later and the run never sees `skipped`.
@@ -263,12 +254,8 @@ async fn a_lead_deleted_during_the_run_stays_deleted_and_a_lead_paging_skipped_s
 
 #[tokio::test]
 async fn a_processor_delivery_and_a_swap_on_the_same_leads_run_side_by_side() {
-    let db = live_db().await;
-    let kommo = sandbox(400, 150).await;
-    let queue = Arc::new(MemoryQueue::default());
-    let w = worker(&db, &kommo, queue.clone(), settings());
-    let first = run_to_completion(&w, &queue, "tester", YEAR).await.unwrap();
-    assert_eq!(first.status, RunStatus::Succeeded, "{:?}", first.error);
+    let (db, kommo, queue, w) = world().await;
+    refreshed(&w, &queue, YEAR).await;
 
     // Fetch the whole year; the swap waits for a fresh invocation.
     let run_id = start(&w, &queue).await;
@@ -362,41 +349,9 @@ fn unmapped_in(kommo: &KommoSandbox, mapped: &[i64]) -> i64 {
         .count() as i64
 }
 
-#[tokio::test]
-async fn unknown_statuses_are_counted_named_and_never_remapped() {
-    let db = live_db().await;
-    let kommo = sandbox(400, 150).await;
-    let c = db.client().await;
-    // An operator mapped "Confirmed" by hand before the first run.
-    c.execute(
-        "INSERT INTO kommo_status_map (status_id, label, booking_status) VALUES ($1, 'ours', 'confirmed')",
-        &[&CONFIRMED],
-    )
-    .await
-    .unwrap();
-    let queue = Arc::new(MemoryQueue::default());
-    let w = worker(&db, &kommo, queue.clone(), settings());
-    let run = run_to_completion(&w, &queue, "tester", YEAR).await.unwrap();
-    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
-
-    let mut mapped = vec![
-        data::STATUS_WON,
-        data::STATUS_BOT_ANSWERING,
-        data::STATUS_FOLLOW_UP,
-        CONFIRMED,
-    ];
-    let view = run_json(&db, run.id).await;
-    let want = unmapped_in(&kommo, &mapped);
-    assert!(want > 0, "the sandbox has leads in unmapped statuses");
-    assert_eq!(view["unmappedLeads"], want);
-    let named: Vec<Value> = view["unmappedStatuses"].as_array().unwrap().clone();
-    let total: i64 = named.iter().map(|s| s["leads"].as_i64().unwrap()).sum();
-    assert_eq!(total, want);
-    let delivered = named.iter().find(|s| s["statusId"] == DELIVERED).unwrap();
-    assert_eq!(delivered["label"], "Vehicle delivered");
-
-    // The map now lists every stage with Kommo's label; the operator's
-    // mapping is kept.
+/// Every stage of the account is in the map, labelled as in Kommo, and the
+/// operator's mapping of "Confirmed" is as they left it.
+async fn assert_map_lists_every_stage(c: &tokio_postgres::Client, kommo: &KommoSandbox) {
     let row = c
         .query_one(
             "SELECT label, booking_status, mapped_at IS NOT NULL FROM kommo_status_map WHERE status_id = $1",
@@ -426,6 +381,40 @@ async fn unknown_statuses_are_counted_named_and_never_remapped() {
         .flat_map(|p| p.statuses.iter().map(|s| s.id))
         .collect();
     assert_eq!(listed, stages.len() as i64);
+}
+
+#[tokio::test]
+async fn unknown_statuses_are_counted_named_and_never_remapped() {
+    let (db, kommo, queue, w) = world().await;
+    let c = db.client().await;
+    // An operator mapped "Confirmed" by hand before the first run.
+    c.execute(
+        "INSERT INTO kommo_status_map (status_id, label, booking_status) VALUES ($1, 'ours', 'confirmed')",
+        &[&CONFIRMED],
+    )
+    .await
+    .unwrap();
+    let run = refreshed(&w, &queue, YEAR).await;
+
+    let mut mapped = vec![
+        data::STATUS_WON,
+        data::STATUS_BOT_ANSWERING,
+        data::STATUS_FOLLOW_UP,
+        CONFIRMED,
+    ];
+    let view = run_json(&db, run.id).await;
+    let want = unmapped_in(&kommo, &mapped);
+    assert!(want > 0, "the sandbox has leads in unmapped statuses");
+    assert_eq!(view["unmappedLeads"], want);
+    let named: Vec<Value> = view["unmappedStatuses"].as_array().unwrap().clone();
+    let total: i64 = named.iter().map(|s| s["leads"].as_i64().unwrap()).sum();
+    assert_eq!(total, want);
+    let delivered = named.iter().find(|s| s["statusId"] == DELIVERED).unwrap();
+    assert_eq!(delivered["label"], "Vehicle delivered");
+
+    // The map now lists every stage with Kommo's label; the operator's
+    // mapping is kept.
+    assert_map_lists_every_stage(&c, &kommo).await;
 
     // The operator maps "Vehicle delivered"; the next run counts the rest
     // and leaves the mapping as it is.
@@ -435,8 +424,7 @@ async fn unknown_statuses_are_counted_named_and_never_remapped() {
     )
     .await
     .unwrap();
-    let again = run_to_completion(&w, &queue, "tester", YEAR).await.unwrap();
-    assert_eq!(again.status, RunStatus::Succeeded, "{:?}", again.error);
+    let again = refreshed(&w, &queue, YEAR).await;
     mapped.push(DELIVERED);
     assert_eq!(again.unmapped_leads as i64, unmapped_in(&kommo, &mapped));
     let kept: String = c
