@@ -303,7 +303,7 @@ impl Worker {
         let swap_started = std::time::Instant::now();
         let swapped = swap(client, run_id, &self.settings).await;
         let swap_ms = swap_started.elapsed().as_millis() as i64;
-        if swapped.is_ok() {
+        if swapped.as_ref().is_ok_and(|o| *o != SwapOutcome::NotOwned) {
             client
                 .execute(
                     "UPDATE kommo_import_runs
