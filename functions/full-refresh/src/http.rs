@@ -221,7 +221,7 @@ impl HttpApp {
             .await
             .map_err(|e| db_unavailable(e.into()))?;
         let decision = match verdict {
-            Verdict::Approve => swap::approve(&mut client, id, sub).await,
+            Verdict::Approve => swap::approve(&mut client, id, sub, &self.settings).await,
             Verdict::Discard => swap::discard(&mut client, id, sub).await,
         };
         match decision {

@@ -17,87 +17,18 @@ use axum::{extract::State, routing::post, Router};
 use chrono::{TimeZone, Utc};
 use common::*;
 use full_refresh::worker::WorkerApp;
-use sandbox::kommo::{data, KommoOptions, KommoSandbox, SandboxLead};
+use sandbox::kommo::{data, SandboxLead};
 use serde_json::Value;
 use shared::{
-    kommo::{KommoClient, KommoClientOptions},
     platform::{deadline::Deadline, secrets::Redacted},
-    refresh::{alert::SlackTarget, Alerter, JobOutcome, RefreshSettings, RunStatus, Worker},
+    refresh::{alert::SlackTarget, Alerter, JobOutcome, RefreshSettings, RunStatus},
 };
 use testkit::{
     refresh::{process_queued_jobs, run_to_completion, MemoryQueue},
     TestDb,
 };
 
-const YEAR: i32 = 2025;
 const EXCLUDED: [i64; 2] = [data::STATUS_BOT_ANSWERING, data::STATUS_FOLLOW_UP];
-
-async fn sandbox(leads: usize, contacts: usize) -> KommoSandbox {
-    KommoSandbox::start(KommoOptions {
-        seed: 6,
-        leads,
-        contacts,
-        year: Some(YEAR),
-        ..KommoOptions::default()
-    })
-    .await
-    .expect("sandbox starts")
-}
-
-fn settings() -> RefreshSettings {
-    RefreshSettings {
-        // Small pages, so a small account spans several.
-        page_limit: 40,
-        ..RefreshSettings::default()
-    }
-}
-
-fn worker(
-    db: &TestDb,
-    kommo: &KommoSandbox,
-    queue: Arc<MemoryQueue>,
-    settings: RefreshSettings,
-) -> Worker {
-    let client = KommoClient::with_token(
-        &kommo.base_url(),
-        Redacted::new(kommo.token()),
-        KommoClientOptions {
-            rate_per_second: 1000,
-            timeout: Duration::from_secs(5),
-            max_retries: 1,
-            retry_min_delay: Duration::from_millis(5),
-            retry_max_delay: Duration::from_millis(20),
-            ids_per_request: 50,
-        },
-    )
-    .expect("kommo client");
-    Worker {
-        pool: db.pool(),
-        kommo: client,
-        queue,
-        flags: flags(db),
-        alerter: None,
-        settings,
-    }
-}
-
-async fn live_db() -> TestDb {
-    let db = TestDb::new().await;
-    db.set_flag("enableKommoLive", true).await;
-    db
-}
-
-fn in_year(l: &SandboxLead) -> bool {
-    let from = Utc
-        .with_ymd_and_hms(YEAR, 1, 1, 0, 0, 0)
-        .unwrap()
-        .timestamp();
-    let to = Utc
-        .with_ymd_and_hms(YEAR + 1, 1, 1, 0, 0, 0)
-        .unwrap()
-        .timestamp();
-    l.created_at >= from && l.created_at < to
-}
 
 fn field_i64(l: &SandboxLead, field: i64, key: &str) -> Option<i64> {
     l.field(field)
@@ -126,9 +57,10 @@ async fn a_full_refresh_imports_the_year_per_the_spec_and_a_second_run_is_identi
     let old = kommo.leads().into_iter().find(|l| !in_year(l)).unwrap();
     let c = db.client().await;
     c.execute(
-        "INSERT INTO bookings (source_payload_id, channel, created_by, kommo_lead_id, status, kommo_updated_at)
-         VALUES ($1, 'Kommo', 'system-kommo', $2, 'confirmed', '2024-01-01Z')",
-        &[&format!("kommo:{}", old.id), &old.id],
+        "INSERT INTO bookings (source_payload_id, channel, created_by, kommo_lead_id, status, kommo_updated_at,
+                               kommo_created_at)
+         VALUES ($1, 'Kommo', 'system-kommo', $2, 'confirmed', '2024-01-01Z', to_timestamp($3))",
+        &[&format!("kommo:{}", old.id), &old.id, &(old.created_at as f64)],
     )
     .await
     .unwrap();
@@ -199,8 +131,8 @@ async fn a_full_refresh_imports_the_year_per_the_spec_and_a_second_run_is_identi
                LEFT JOIN vehicles v ON v.id = b.vehicle_id
                LEFT JOIN booking_vehicles bv ON bv.booking_id = b.id AND bv.vehicle_id = v.id
                LEFT JOIN clients cl ON cl.id = b.client_id
-              WHERE b.is_active",
-            &[],
+              WHERE b.is_active AND b.kommo_lead_id <> $1",
+            &[&old.id],
         )
         .await
         .unwrap();
@@ -260,7 +192,7 @@ async fn a_full_refresh_imports_the_year_per_the_spec_and_a_second_run_is_identi
             .map(str::to_string);
         assert_eq!(r.get::<_, Option<String>>(12), source, "source of {}", l.id);
     }
-    // The other year's booking is soft-deleted.
+    // The other year's booking is not the run's to touch (issue 16 §1).
     let old_active: bool = c
         .query_one(
             "SELECT is_active FROM bookings WHERE kommo_lead_id = $1",
@@ -269,7 +201,7 @@ async fn a_full_refresh_imports_the_year_per_the_spec_and_a_second_run_is_identi
         .await
         .unwrap()
         .get(0);
-    assert!(!old_active);
+    assert!(old_active);
     assert_eq!(db.count("integrations_outbox").await, 0);
     assert_eq!(
         run.vehicles as usize,
@@ -381,12 +313,16 @@ async fn a_run_cut_off_mid_fetch_resumes_and_ends_like_an_uninterrupted_one() {
     let last = outcomes.pop().unwrap();
     assert_eq!(last, JobOutcome::Finished(RunStatus::Succeeded));
     assert!(outcomes.iter().all(|o| *o == JobOutcome::Continued));
+    // One page per invocation; the one that fetched the last page had no
+    // time left for the swap, so a fresh invocation swapped without fetching.
     assert_eq!(
-        outcomes.len() as i32 + 1,
+        outcomes.len() as i32,
         whole.pages_fetched,
-        "one page per invocation"
+        "one page per invocation, then the swap"
     );
-    assert_eq!(pages_seen, (1..=whole.pages_fetched).collect::<Vec<_>>());
+    let mut want: Vec<i32> = (1..=whole.pages_fetched).collect();
+    want.push(whole.pages_fetched);
+    assert_eq!(pages_seen, want);
     let cut = shared::refresh::runs::get_run(&**client, run.id)
         .await
         .unwrap()
@@ -627,7 +563,9 @@ async fn year_bounds_can_follow_the_account_timezone() {
     );
     let run = run_to_completion(&local, &queue, "t", YEAR).await.unwrap();
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
-    assert_eq!(imported(&db).await, vec![early, mid]);
+    // `late` is 2026 in Dubai: outside this run's scope, so it stays as the
+    // UTC run left it (issue 16 §1).
+    assert_eq!(imported(&db).await, vec![early, mid, late]);
     assert_eq!(kommo.stats().account, 1);
 }
 

@@ -149,15 +149,19 @@ async fn status_of(db: &TestDb, run_id: Uuid) -> (String, Option<String>, i32) {
     (r.get(0), r.get(1), r.get(2))
 }
 
-/// Production before the refresh: an old Kommo booking and its sales lead
-/// (another year), a manual booking, and some outbox work.
+/// Production before the refresh: a Kommo booking and its sales lead of
+/// the run's year that Kommo no longer lists (999), one of another year
+/// (998), a manual booking, and some outbox work.
 async fn seed_production(db: &TestDb) {
     let c = db.client().await;
     c.batch_execute(
-        "INSERT INTO bookings (source_payload_id, channel, created_by, kommo_lead_id, status, kommo_updated_at)
-              VALUES ('kommo:999', 'Kommo', 'system-kommo', 999, 'confirmed', '2024-05-01Z');
-         INSERT INTO sales_leads (lead_code, kommo_lead_id, source, kommo_updated_at)
-              VALUES ('999', 999, 'Kommo', '2024-05-01Z');
+        "INSERT INTO bookings (source_payload_id, channel, created_by, kommo_lead_id, status, kommo_updated_at,
+                               kommo_created_at)
+              VALUES ('kommo:999', 'Kommo', 'system-kommo', 999, 'confirmed', '2025-02-01Z', '2025-02-01Z'),
+                     ('kommo:998', 'Kommo', 'system-kommo', 998, 'confirmed', '2024-05-01Z', '2024-05-01Z');
+         INSERT INTO sales_leads (lead_code, kommo_lead_id, source, kommo_updated_at, kommo_created_at)
+              VALUES ('999', 999, 'Kommo', '2025-02-01Z', '2025-02-01Z'),
+                     ('998', 998, 'Kommo', '2024-05-01Z', '2024-05-01Z');
          INSERT INTO bookings (external_code, channel, created_by, manual_created_by, status)
               VALUES ('MAN-1', 'manual', 'staff', 'staff-1', 'confirmed');
          INSERT INTO integrations_outbox (entity_type, entity_id, target_system, event_type, dedupe_key)
@@ -203,7 +207,11 @@ async fn swap_replaces_kommo_data_per_the_spec_and_adds_no_outbox_rows() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(active, vec!["kommo:1000", "kommo:1001", "kommo:1002"]);
+    // 998 was created in 2024: outside the run's scope, so left alone.
+    assert_eq!(
+        active,
+        vec!["kommo:1000", "kommo:1001", "kommo:1002", "kommo:998"]
+    );
     // The excluded lead is a sales lead only.
     assert_eq!(
         c.query_one(
@@ -224,7 +232,8 @@ async fn swap_replaces_kommo_data_per_the_spec_and_adds_no_outbox_rows() {
         .unwrap();
     assert_eq!(excluded.get::<_, Option<i64>>(0), Some(79790631));
     assert!(excluded.get::<_, bool>(1));
-    // The other year's Kommo data is soft-deleted and archived, not removed.
+    // The year's Kommo data missing from the snapshot is soft-deleted and
+    // archived, not removed; the other year's stays as it was.
     let old = c
         .query_one(
             "SELECT is_active FROM bookings WHERE source_payload_id = 'kommo:999'",
@@ -241,6 +250,14 @@ async fn swap_replaces_kommo_data_per_the_spec_and_adds_no_outbox_rows() {
         .await
         .unwrap();
     assert!(old_lead.get::<_, bool>(0));
+    let other_year = c
+        .query_one(
+            "SELECT archived_at IS NULL FROM sales_leads WHERE lead_code = '998'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(other_year.get::<_, bool>(0));
     // Manual bookings are not Kommo's to touch.
     let manual = c
         .query_one(
@@ -310,10 +327,8 @@ async fn outbox_writes_by_triggers_are_suppressed_during_the_swap_only() {
     .unwrap();
     let run_id = running_run(&db, 2025).await;
     stage(&db, run_id, &page(3), StagingMethod::BinaryCopy).await;
-    assert!(matches!(
-        run_swap(&db, run_id).await,
-        SwapOutcome::Succeeded(_)
-    ));
+    let o = run_swap(&db, run_id).await;
+    assert!(matches!(o, SwapOutcome::Succeeded(_)), "{o:?}");
     assert_eq!(db.count("bookings").await, 3);
     assert_eq!(db.count("integrations_outbox").await, 0);
     // Outside the swap the same trigger works as usual.
@@ -727,4 +742,119 @@ async fn a_discarded_run_leaves_production_alone_and_is_audited() {
     );
     let (status, _) = decide(&db, run, "approve", "refresh_admin").await;
     assert_eq!(status, 409, "a discarded run cannot be approved");
+}
+
+#[tokio::test]
+async fn a_run_closed_as_stale_or_locked_by_another_worker_commits_nothing() {
+    let db = TestDb::new().await;
+    seed_production(&db).await;
+    let before = dump_production(&db).await;
+    let run_id = running_run(&db, 2025).await;
+    stage(&db, run_id, &page(3), StagingMethod::BinaryCopy).await;
+
+    // Another worker holds the run lock (this one lost it).
+    let key = RefreshSettings::default().lock_key;
+    let other = db.client().await;
+    other
+        .execute("SELECT pg_advisory_lock($1)", &[&key])
+        .await
+        .unwrap();
+    assert_eq!(run_swap(&db, run_id).await, SwapOutcome::NotOwned);
+    assert_eq!(dump_production(&db).await, before);
+    other
+        .execute("SELECT pg_advisory_unlock($1)", &[&key])
+        .await
+        .unwrap();
+
+    // A start closed the run as abandoned while its worker was still alive.
+    other
+        .execute(
+            "UPDATE kommo_import_runs SET status = 'failed', phase = 'failed' WHERE id = $1",
+            &[&run_id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(run_swap(&db, run_id).await, SwapOutcome::NotOwned);
+    assert_eq!(status_of(&db, run_id).await.0, "failed");
+    assert_eq!(dump_production(&db).await, before);
+}
+
+#[tokio::test]
+async fn each_swap_statement_stops_at_the_swap_timeout() {
+    let db = TestDb::new().await;
+    seed_production(&db).await;
+    let c = db.client().await;
+    // Writing bookings takes longer than the account's timeout allows.
+    c.batch_execute(
+        "CREATE FUNCTION slow_bookings() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$;
+         CREATE TRIGGER slow_bookings BEFORE INSERT ON bookings
+           FOR EACH STATEMENT EXECUTE FUNCTION slow_bookings();",
+    )
+    .await
+    .unwrap();
+    let before = dump_production(&db).await;
+    let run_id = running_run(&db, 2025).await;
+    stage(&db, run_id, &page(3), StagingMethod::BinaryCopy).await;
+    let settings = RefreshSettings {
+        swap_timeout: std::time::Duration::from_millis(200),
+        ..RefreshSettings::default()
+    };
+    let mut conn = db.client().await;
+    let started = std::time::Instant::now();
+    let err = swap(&mut conn, run_id, &settings).await.unwrap_err();
+    assert!(format!("{err:?}").contains("statement timeout"), "{err:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    assert_eq!(dump_production(&db).await, before);
+    // The timeout was the swap's own: the connection is back to none.
+    let left: String = conn
+        .query_one("SHOW statement_timeout", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, "0");
+}
+
+#[tokio::test]
+async fn a_swap_waits_for_a_delivery_in_flight_instead_of_deadlocking() {
+    let db = TestDb::new().await;
+    let run1 = running_run(&db, 2025).await;
+    stage(&db, run1, &page(3), StagingMethod::BinaryCopy).await;
+    assert!(matches!(
+        run_swap(&db, run1).await,
+        SwapOutcome::Succeeded(_)
+    ));
+    let run2 = running_run(&db, 2025).await;
+    stage(&db, run2, &page(3), StagingMethod::BinaryCopy).await;
+
+    // A delivery of two leads in flight, as the processor applies it: the
+    // snapshot lock shared, then one lead's booking, later the other's.
+    let pool = db.pool();
+    let mut delivery = pool.get().await.unwrap();
+    let tx = delivery.transaction().await.unwrap();
+    shared::erp::snapshot::share_lock(&tx).await.unwrap();
+    tx.execute(
+        "UPDATE bookings SET title = 'from the webhook' WHERE source_payload_id = 'kommo:1002'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let swapping = tokio::spawn(async move {
+        let mut conn = pool.get().await.unwrap();
+        let client: &mut tokio_postgres::Client = &mut conn;
+        swap(client, run2, &RefreshSettings::default()).await
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!swapping.is_finished(), "the swap waits for the delivery");
+    // The swap holds no row lock yet, so the delivery's next one is free
+    // (without the shared lock the swap would hold it, waiting for 1002).
+    tx.execute(
+        "UPDATE bookings SET title = 'from the webhook' WHERE source_payload_id = 'kommo:1000'",
+        &[],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let outcome = swapping.await.unwrap().unwrap();
+    assert!(matches!(outcome, SwapOutcome::Succeeded(_)), "{outcome:?}");
 }

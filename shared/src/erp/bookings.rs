@@ -18,7 +18,7 @@ macro_rules! kommo_booking_columns {
     () => {
         "source_payload_id, channel, created_by, owner_id, client_id, kommo_lead_id, \
          kommo_pipeline_id, kommo_status_id, status, source, title, start_at, end_at, vehicle_id, \
-         total_amount, kommo_updated_at"
+         total_amount, kommo_updated_at, kommo_created_at"
     };
 }
 
@@ -27,7 +27,7 @@ macro_rules! kommo_booking_columns {
 macro_rules! kommo_booking_overwrites {
     () => {
         "(owner_id, kommo_lead_id, kommo_pipeline_id, kommo_status_id, status, source, title, \
-          start_at, end_at, vehicle_id, total_amount, kommo_updated_at)"
+          start_at, end_at, vehicle_id, total_amount, kommo_updated_at, kommo_created_at)"
     };
 }
 
@@ -108,7 +108,7 @@ impl<'a> LeadRow<'a> {
     /// The values of [`kommo_booking_columns!`] a lead sets, in the order of
     /// the placeholders both statements below use (after the insert's fixed
     /// channel and creator).
-    fn params(&self) -> [&(dyn ToSql + Sync); 14] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 15] {
         let l = self.lead;
         [
             &self.source_payload_id,
@@ -125,6 +125,7 @@ impl<'a> LeadRow<'a> {
             &self.vehicle_id,
             &l.price,
             &l.kommo_updated_at,
+            &l.created_at,
         ]
     }
 }
@@ -148,7 +149,7 @@ pub async fn update_from_lead(
                  source_payload_id = coalesce(source_payload_id, $2),
                  client_id = coalesce($4, client_id), is_active = true, updated_at = now(), ",
             kommo_booking_overwrites!(),
-            " = ($3, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::bigint::numeric, $15)
+            " = ($3, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::bigint::numeric, $15, $16)
               WHERE id = $1"
         ),
         &params,
@@ -170,7 +171,7 @@ pub async fn insert_from_lead(
             "INSERT INTO bookings (",
             kommo_booking_columns!(),
             ") VALUES ($1, 'Kommo', 'system-kommo', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
-                       $12, $13::bigint::numeric, $14)
+                       $12, $13::bigint::numeric, $14, $15)
              RETURNING id"
         ))
         .await?;
@@ -314,10 +315,14 @@ pub async fn add_calendar_entry(
 // Full refresh (set-based over one run's staging rows)
 // ---------------------------------------------------------------------------
 
-/// Deactivates the Kommo bookings of before the run (`$1`, started at `$2`).
+/// Deactivates the Kommo bookings of before the run (`$1`, started at `$2`)
+/// inside its scope (created `$3 ..= $4`), but for the leads Kommo still has
+/// (`$5`).
 pub(super) const DEACTIVATE_STALE: &str = concat!(
     "UPDATE bookings b SET is_active = false, updated_at = now()
       WHERE b.channel = 'Kommo' AND b.is_active AND ",
+    in_scope!("b"),
+    " AND ",
     before_run!("b", "b.source_payload_id = 'kommo:' || s.lead_id")
 );
 
@@ -330,7 +335,7 @@ pub(super) const UPSERT_STAGED: &str = concat!(
      SELECT 'kommo:' || s.lead_id, 'Kommo', 'system-kommo', s.owner_id, c.id,
             s.lead_id, s.pipeline_id, s.status_id, s.booking_status, s.lead_source,
             nullif(s.name, ''), s.start_at, s.end_at, v.id, s.price,
-            s.updated_at, true, coalesce(s.created_at, now()), now()
+            s.updated_at, s.created_at, true, coalesce(s.created_at, now()), now()
        FROM stg_kommo_leads s
        LEFT JOIN clients c ON c.kommo_contact_id = s.contact_id
        LEFT JOIN vehicles v ON v.kommo_vehicle_id = s.vehicle_enum_id
@@ -341,7 +346,7 @@ pub(super) const UPSERT_STAGED: &str = concat!(
     " = (EXCLUDED.owner_id, EXCLUDED.kommo_lead_id, EXCLUDED.kommo_pipeline_id,
             EXCLUDED.kommo_status_id, EXCLUDED.status, EXCLUDED.source, EXCLUDED.title,
             EXCLUDED.start_at, EXCLUDED.end_at, EXCLUDED.vehicle_id, EXCLUDED.total_amount,
-            EXCLUDED.kommo_updated_at)
+            EXCLUDED.kommo_updated_at, EXCLUDED.kommo_created_at)
       WHERE bookings.channel = 'Kommo'
         AND (bookings.kommo_updated_at IS NULL
              OR bookings.kommo_updated_at <= EXCLUDED.kommo_updated_at)"

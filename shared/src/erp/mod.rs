@@ -35,6 +35,21 @@ macro_rules! before_run {
     };
 }
 
+/// Rows of `$alias` whose Kommo lead was created inside a run's scope
+/// (`$3 ..= $4`) and is not one Kommo confirmed it still has (`$5`): a run
+/// answers only for the leads it was asked about. A row with no known
+/// creation time is outside every scope.
+macro_rules! in_scope {
+    ($alias:literal) => {
+        concat!(
+            $alias,
+            ".kommo_created_at BETWEEN $3 AND $4 AND NOT (",
+            $alias,
+            ".kommo_lead_id = ANY($5))"
+        )
+    };
+}
+
 pub mod audit;
 pub mod bookings;
 pub mod clients;

@@ -12,7 +12,8 @@ use crate::{kommo::MappedLead, platform::db::DbError};
 macro_rules! lead_columns {
     () => {
         "lead_code, kommo_lead_id, client_id, name, stage_id, pipeline_id, value_amount, \
-         owner_id, expected_close_at, source, lead_source, archived_at, kommo_updated_at"
+         owner_id, expected_close_at, source, lead_source, archived_at, kommo_updated_at, \
+         kommo_created_at"
     };
 }
 
@@ -21,10 +22,10 @@ macro_rules! lead_columns {
 macro_rules! lead_snapshot_set {
     () => {
         "(kommo_lead_id, name, stage_id, pipeline_id, value_amount, owner_id,
-          expected_close_at, lead_source, kommo_updated_at)
+          expected_close_at, lead_source, kommo_updated_at, kommo_created_at)
        = (EXCLUDED.kommo_lead_id, EXCLUDED.name, EXCLUDED.stage_id, EXCLUDED.pipeline_id,
           EXCLUDED.value_amount, EXCLUDED.owner_id, EXCLUDED.expected_close_at,
-          EXCLUDED.lead_source, EXCLUDED.kommo_updated_at),
+          EXCLUDED.lead_source, EXCLUDED.kommo_updated_at, EXCLUDED.kommo_created_at),
          archived_at = NULL,
          updated_at = now()"
     };
@@ -56,7 +57,8 @@ pub async fn upsert_from_lead(
         concat!(
             "INSERT INTO sales_leads (",
             lead_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7::bigint::numeric, $8, $9, 'Kommo', $10, NULL, $11)
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7::bigint::numeric, $8, $9, 'Kommo', $10, NULL, $11,
+                       $12)
              ON CONFLICT (lead_code) DO UPDATE SET ",
             lead_snapshot_set!(),
             ", client_id = coalesce(EXCLUDED.client_id, sales_leads.client_id)"
@@ -73,6 +75,7 @@ pub async fn upsert_from_lead(
             &lead.closed_at.or(lead.start_at),
             &lead.source,
             &lead.kommo_updated_at,
+            &lead.created_at,
         ],
     )
     .await?;
@@ -90,12 +93,29 @@ pub async fn archive_deleted_lead(tx: &Transaction<'_>, lead_id: i64) -> Result<
     .await
 }
 
-/// Archives the Kommo leads of before the run (`$1`, started at `$2`).
+/// Archives the Kommo leads of before the run (`$1`, started at `$2`)
+/// inside its scope (created `$3 ..= $4`), but for the leads Kommo still has
+/// (`$5`).
 pub(super) const ARCHIVE_STALE: &str = concat!(
     "UPDATE sales_leads l SET archived_at = now(), updated_at = now()
       WHERE l.source = 'Kommo' AND l.archived_at IS NULL AND ",
+    in_scope!("l"),
+    " AND ",
     before_run!("l", "l.kommo_lead_id = s.lead_id")
 );
+
+/// Records a Kommo delete, so a full refresh that fetched the lead before
+/// it does not bring it back.
+pub async fn record_deletion(tx: &Transaction<'_>, lead_id: i64) -> Result<(), DbError> {
+    execute_cached(
+        tx,
+        "INSERT INTO kommo_lead_deletions (lead_id, deleted_at) VALUES ($1, now())
+         ON CONFLICT (lead_id) DO UPDATE SET deleted_at = now()",
+        &[&lead_id],
+    )
+    .await?;
+    Ok(())
+}
 
 /// Every staged lead of the run (`$1`); clients are written first.
 pub(super) const UPSERT_STAGED: &str = concat!(
@@ -104,7 +124,7 @@ pub(super) const UPSERT_STAGED: &str = concat!(
     ", created_at, updated_at)
      SELECT s.lead_id::text, s.lead_id, c.id, s.name, s.status_id, s.pipeline_id,
             s.price, s.owner_id, coalesce(s.closed_at, s.end_at), 'Kommo', s.lead_source,
-            NULL, s.updated_at, coalesce(s.created_at, now()), now()
+            NULL, s.updated_at, s.created_at, coalesce(s.created_at, now()), now()
        FROM stg_kommo_leads s
        LEFT JOIN clients c ON c.kommo_contact_id = s.contact_id
       WHERE s.run_id = $1

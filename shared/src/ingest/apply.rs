@@ -195,6 +195,7 @@ pub async fn delete_lead(tx: &Transaction<'_>, lead_id: i64) -> Result<(u64, u64
     lock_lead(tx, lead_id).await?;
     let bookings = bookings::deactivate_deleted_lead(tx, lead_id).await?;
     let leads = sales_leads::archive_deleted_lead(tx, lead_id).await?;
+    sales_leads::record_deletion(tx, lead_id).await?;
     Ok((bookings, leads))
 }
 

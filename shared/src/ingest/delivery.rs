@@ -10,7 +10,7 @@ use super::{
     IngestError,
 };
 use crate::{
-    erp::ClientInput,
+    erp::{self, ClientInput},
     kommo::webhook::{Action, Delivery, Entity, Event},
     platform::db::{DbError, DbPool, PooledTransaction},
 };
@@ -25,6 +25,8 @@ pub async fn apply_delivery(
 ) -> Result<bool, IngestError> {
     let mut client = pool.get().await.map_err(DbError::from)?;
     let tx = client.transaction().await.map_err(DbError::from)?;
+    // Before any row lock: a full refresh's swap holds it exclusively.
+    erp::snapshot::share_lock(&tx).await?;
     let row = lock_event(&tx, event_id).await?;
     if row.status == "processed" {
         tx.commit().await.map_err(DbError::from)?;

@@ -19,7 +19,7 @@ use reqwest::{header, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::model::{AccountTimezone, Contact, EntityError, Lead};
+use super::model::{AccountTimezone, Contact, EntityError, Lead, Pipeline};
 use crate::{
     platform::secrets::{KommoSecret, Redacted, SecretSource},
     platform::text::{storable_json, truncate},
@@ -421,6 +421,22 @@ impl KommoClient {
                         }
                     }
                 }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The account's pipelines with their statuses (`GET /api/v4/leads/pipelines`).
+    pub async fn pipelines(&self) -> Result<Vec<Pipeline>, KommoError> {
+        let v = match self.get("/api/v4/leads/pipelines", &[]).await? {
+            Body::Json(v) => v,
+            Body::Empty => return Ok(Vec::new()),
+        };
+        let mut out = Vec::new();
+        for item in embedded(v, "pipelines") {
+            match serde_json::from_value::<Pipeline>(item) {
+                Ok(p) => out.push(p),
+                Err(e) => tracing::warn!(error = %e, "skipping a malformed Kommo pipeline"),
             }
         }
         Ok(out)

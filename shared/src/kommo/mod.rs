@@ -14,5 +14,5 @@ pub use mapping::{
 };
 pub use model::{
     AccountTimezone, CatalogElementLink, CatalogMetadata, Contact, ContactLink, CustomFieldValue,
-    EntityError, FieldValue, Lead, LeadEmbedded,
+    EntityError, FieldValue, Lead, LeadEmbedded, Pipeline, PipelineStatus,
 };

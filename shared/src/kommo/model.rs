@@ -236,6 +236,32 @@ impl Contact {
     }
 }
 
+/// A sales pipeline and its statuses, from `GET /api/v4/leads/pipelines`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Pipeline {
+    #[serde(deserialize_with = "flex_i64")]
+    pub id: i64,
+    #[serde(default, deserialize_with = "string_or_empty")]
+    pub name: String,
+    #[serde(default, rename = "_embedded")]
+    pub embedded: PipelineEmbedded,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct PipelineEmbedded {
+    #[serde(default)]
+    pub statuses: Vec<PipelineStatus>,
+}
+
+/// One stage of a pipeline; 142 (won) and 143 (lost) are in every pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PipelineStatus {
+    #[serde(deserialize_with = "flex_i64")]
+    pub id: i64,
+    #[serde(default, deserialize_with = "string_or_empty")]
+    pub name: String,
+}
+
 /// The account's time zone, from `GET /api/v4/account?with=datetime_settings`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountTimezone {

@@ -69,6 +69,13 @@ impl Deadline {
         self.at
             .is_some_and(|at| at.saturating_duration_since(Instant::now()) <= self.margin)
     }
+
+    /// Whether `work` still fits before the margin (always, with no deadline).
+    pub fn allows(&self, work: Duration) -> bool {
+        self.at.is_none_or(|at| {
+            at.saturating_duration_since(Instant::now()) > self.margin.saturating_add(work)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -109,5 +116,9 @@ mod tests {
         // No deadline header at all, and `cargo lambda watch`'s fixed ten-minute budget.
         assert!(!Deadline::from_epoch_ms(0, Duration::from_secs(60)).near());
         assert!(!Deadline::from_epoch_ms(600_000, Duration::from_secs(60)).near());
+        let d = Deadline::after(Duration::from_secs(100), Duration::from_secs(20));
+        assert!(d.allows(Duration::from_secs(60)));
+        assert!(!d.allows(Duration::from_secs(90)));
+        assert!(Deadline::none().allows(Duration::MAX));
     }
 }

@@ -13,8 +13,10 @@
 pub mod alert;
 pub mod job;
 pub mod runs;
+pub mod scope;
 pub mod settings;
 pub mod staging;
+pub mod statuses;
 pub mod swap;
 pub mod worker;
 

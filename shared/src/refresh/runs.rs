@@ -66,12 +66,21 @@ pub struct RunRecord {
     pub http_status: Option<i32>,
     pub error: Option<String>,
     pub updated_at: DateTime<Utc>,
+    /// The `created_at` bounds the run fetched and answers for.
+    pub scope_from: Option<DateTime<Utc>>,
+    pub scope_to: Option<DateTime<Utc>>,
+    /// Leads missing from staging that Kommo confirmed it still has.
+    pub kept_leads: i32,
+    /// Staged leads in statuses nobody has mapped, and which statuses.
+    pub unmapped_leads: i32,
+    pub unmapped_statuses: Value,
 }
 
 pub(crate) const RUN_COLUMNS: &str =
     "id, triggered_by, status, year, phase, started_at, finished_at, \
      leads_count, contacts_count, vehicles_count, pages_fetched, last_success_count, checkpoint, \
-     http_status, error, updated_at";
+     http_status, error, updated_at, scope_from, scope_to, \
+     cardinality(kept_lead_ids) AS kept_leads, unmapped_leads, unmapped_statuses";
 
 impl RunRecord {
     pub(crate) fn from_row(r: &Row) -> Self {
@@ -94,6 +103,11 @@ impl RunRecord {
             http_status: r.get("http_status"),
             error: r.get("error"),
             updated_at: r.get("updated_at"),
+            scope_from: r.get("scope_from"),
+            scope_to: r.get("scope_to"),
+            kept_leads: r.get("kept_leads"),
+            unmapped_leads: r.get("unmapped_leads"),
+            unmapped_statuses: r.get("unmapped_statuses"),
         }
     }
 
@@ -116,6 +130,10 @@ impl RunRecord {
             "lastSuccessCount": self.last_success_count,
             "httpStatus": self.http_status,
             "error": self.error,
+            "scope": {"createdFrom": self.scope_from, "createdTo": self.scope_to},
+            "keptLeads": self.kept_leads,
+            "unmappedLeads": self.unmapped_leads,
+            "unmappedStatuses": self.unmapped_statuses,
         })
     }
 }

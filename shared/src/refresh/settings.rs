@@ -25,6 +25,11 @@ pub struct RefreshSettings {
     pub default_year: Option<i32>,
     /// `pg_try_advisory_lock` key held by the one worker allowed to run.
     pub lock_key: i64,
+    /// `statement_timeout` of each statement of the swap, sized for the
+    /// account (`FULL_REFRESH_SWAP_TIMEOUT_MS`). An invocation that fetched
+    /// pages does not start the swap with less than this left before its
+    /// deadline margin: it checkpoints and a fresh invocation swaps.
+    pub swap_timeout: Duration,
     /// JWT roles that may approve or discard a run held for review
     /// (`FULL_REFRESH_ADMIN_ROLES`), apart from those that may start one.
     pub admin_roles: Vec<String>,
@@ -41,6 +46,7 @@ impl Default for RefreshSettings {
             year_bounds: YearBounds::Utc,
             default_year: None,
             lock_key: 90_901,
+            swap_timeout: Duration::from_secs(120),
             admin_roles: vec!["refresh_admin".to_string()],
         }
     }
@@ -53,6 +59,7 @@ impl RefreshSettings {
 
     /// `FULL_REFRESH_PAGE_LIMIT`, `FULL_REFRESH_DEADLINE_MARGIN_MS`,
     /// `FULL_REFRESH_STALE_AFTER_SECONDS`, `FULL_REFRESH_MAX_DROP_PERCENT`,
+    /// `FULL_REFRESH_SWAP_TIMEOUT_MS`,
     /// plus the year and keep-runs settings of [`Config`].
     pub fn from_lookup(
         cfg: &Config,
@@ -66,6 +73,12 @@ impl RefreshSettings {
         let deadline_margin = env.millis("FULL_REFRESH_DEADLINE_MARGIN_MS", 60_000);
         let stale_after = env.secs("FULL_REFRESH_STALE_AFTER_SECONDS", 1_800);
         let drop_pct = env.or::<u32>("FULL_REFRESH_MAX_DROP_PERCENT", 30);
+        let swap_timeout = env.millis("FULL_REFRESH_SWAP_TIMEOUT_MS", 120_000);
+        if swap_timeout.is_zero() {
+            env.problem(
+                "FULL_REFRESH_SWAP_TIMEOUT_MS must be more than 0 (0 would mean no timeout)",
+            );
+        }
         if !(1..=250).contains(&page_limit) {
             env.problem("FULL_REFRESH_PAGE_LIMIT must be 1..=250");
         }
@@ -80,6 +93,7 @@ impl RefreshSettings {
             deadline_margin,
             stale_after,
             max_drop: f64::from(drop_pct) / 100.0,
+            swap_timeout,
             keep_runs: cfg.full_refresh_keep_runs,
             year_bounds: cfg.full_refresh_year_bounds,
             default_year: cfg.full_refresh_default_year,
@@ -109,11 +123,13 @@ mod tests {
         let s = RefreshSettings::from_lookup(&cfg(), |k| match k {
             "FULL_REFRESH_DEADLINE_MARGIN_MS" => Some("5".into()),
             "FULL_REFRESH_MAX_DROP_PERCENT" => Some("50".into()),
+            "FULL_REFRESH_SWAP_TIMEOUT_MS" => Some("300000".into()),
             _ => None,
         })
         .unwrap();
         assert_eq!(s.deadline_margin, Duration::from_millis(5));
         assert!((s.max_drop - 0.5).abs() < 1e-9);
+        assert_eq!(s.swap_timeout, Duration::from_secs(300));
     }
 
     #[test]

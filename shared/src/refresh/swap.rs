@@ -3,18 +3,25 @@
 //! Every value was mapped before staging, so this is set-based SQL over the
 //! staging rows of one run. Production rows whose Kommo `updated_at` is newer
 //! than the snapshot (a webhook applied a later change while the run was
-//! fetching) are left alone: the snapshot must not roll them back.
+//! fetching) are left alone: the snapshot must not roll them back; nor does
+//! it bring back a lead deleted in Kommo after its page was fetched. Only
+//! the leads created inside the run's scope ([`super::scope`]) are
+//! deactivated. The swap holds the snapshot lock exclusively against the
+//! webhook processor, each statement has the account's timeout, and it
+//! commits only while its run is still `running` and no other worker holds
+//! the run lock.
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::erp;
+use crate::erp::{self, snapshot::Scope};
 
 use super::{
     runs::{finish, RunStatus},
+    scope,
     settings::RefreshSettings,
-    RefreshError,
+    statuses, RefreshError,
 };
 
 /// What the swap wrote.
@@ -37,11 +44,15 @@ pub enum SwapOutcome {
     Succeeded(SwapCounts),
     /// Nothing was staged; production is untouched and the run failed.
     NoLeads,
-    /// Too few leads against the last successful run; production is untouched.
+    /// Too few leads against what is active in production inside the
+    /// scope (`previous`); production is untouched.
     NeedsReview {
         leads: i64,
         previous: i64,
     },
+    /// The run was closed meanwhile (as stale) or another worker holds the
+    /// run lock: nothing was written, the run is left as it is.
+    NotOwned,
 }
 
 /// Pre-checks, then replaces the Kommo-derived rows and marks the run
@@ -55,17 +66,20 @@ pub async fn swap(
     if let Some(refused) = refuse(client, run_id, &staged, settings).await? {
         return Ok(refused);
     }
-    replace_production(client, run_id, &staged).await
+    replace_production(client, run_id, &staged, settings).await
 }
 
-/// What the run staged, and the last successful run's lead count.
+/// What the run staged, its scope, and what production holds inside it.
 struct Staged {
     started_at: DateTime<Utc>,
     counts: SwapCounts,
+    scope: Scope,
+    /// Active Kommo leads in production inside the scope.
     previous: Option<i32>,
 }
 
-/// 1. Pre-checks: counts of the staging rows and of the last successful run.
+/// 1. Pre-checks: counts of the staging rows and of production inside the
+///    run's scope, and the leads in unmapped statuses.
 async fn pre_check(
     client: &mut tokio_postgres::Client,
     run_id: Uuid,
@@ -92,15 +106,10 @@ async fn pre_check(
         )
         .await?;
     let (leads, excluded): (i64, i64) = (counts.get(0), counts.get(1));
-    let previous: Option<i32> = tx
-        .query_opt(
-            "SELECT leads_count FROM kommo_import_runs
-              WHERE status = 'succeeded' AND year = $1 AND id <> $2
-              ORDER BY finished_at DESC NULLS LAST LIMIT 1",
-            &[&year, &run_id],
-        )
-        .await?
-        .map(|r| r.get(0));
+    let scope = scope::of_run(&tx, run_id).await?;
+    let active = scope::active_in_production(&tx, &scope).await?;
+    let previous = Some(i32::try_from(active).unwrap_or(i32::MAX));
+    statuses::record_unmapped(&tx, run_id).await?;
     tx.commit().await?;
     let staged = Staged {
         started_at: run.get(1),
@@ -111,16 +120,18 @@ async fn pre_check(
             bookings: leads - excluded,
             excluded,
         },
+        scope,
         previous,
     };
     let c = &staged.counts;
     let progress = json!({"leads": c.leads, "contacts": c.contacts, "vehicles": c.vehicles});
-    tracing::info!(%run_id, %progress, previous, "swap pre-checks");
+    tracing::info!(%run_id, %progress, year, active_in_scope = active, kept = staged.scope.kept.len(), "swap pre-checks");
     Ok(staged)
 }
 
-/// The guard rails: no leads, or too few against the last successful run,
-/// close the run and leave production alone.
+/// The guard rails: no leads, or too few against what is active in
+/// production inside the scope (the leads Kommo confirmed it still has
+/// count as kept), close the run and leave production alone.
 async fn refuse(
     client: &tokio_postgres::Client,
     run_id: Uuid,
@@ -147,12 +158,13 @@ async fn refuse(
     let Some(prev) = staged.previous.filter(|p| *p > 0).map(i64::from) else {
         return Ok(None);
     };
-    if (leads as f64) >= (prev as f64) * (1.0 - settings.max_drop) {
+    let kept = staged.scope.kept.len() as i64;
+    if ((leads + kept) as f64) >= (prev as f64) * (1.0 - settings.max_drop) {
         return Ok(None);
     }
     let msg = format!(
-        "{leads} leads is a drop of more than {:.0}% from the {prev} of the last successful run; \
-         production was left unchanged",
+        "{leads} leads is a drop of more than {:.0}% from the {prev} active in production for the \
+         run's year; production was left unchanged",
         settings.max_drop * 100.0
     );
     client
@@ -175,31 +187,85 @@ async fn refuse(
     }))
 }
 
-/// Steps 2–9 in one transaction, through [`crate::erp`]'s set-based writes.
+/// Steps 2–9 in one transaction, through [`crate::erp`]'s set-based writes,
+/// committed only while the run is still the worker's.
 async fn replace_production(
     client: &mut tokio_postgres::Client,
     run_id: Uuid,
     staged: &Staged,
+    settings: &RefreshSettings,
 ) -> Result<SwapOutcome, RefreshError> {
     let tx = client.transaction().await?;
-    // Re-lock the run: nothing may close it between the checks and the swap.
-    tx.execute(
-        "SELECT 1 FROM kommo_import_runs WHERE id = $1 FOR UPDATE",
-        &[&run_id],
-    )
-    .await?;
-    write_production(&tx, run_id, staged).await?;
+    // Locks the run row: nothing may close it between here and the commit.
+    if !owned(&tx, run_id, RunStatus::Running, settings.lock_key).await? {
+        tracing::warn!(%run_id, "the run is no longer running or another worker holds its lock; swap skipped");
+        return Ok(SwapOutcome::NotOwned);
+    }
+    write_production(&tx, run_id, staged, settings).await?;
+    // The row is ours since the first check; the lock is checked again.
+    if !owned(&tx, run_id, RunStatus::Succeeded, settings.lock_key).await? {
+        tracing::warn!(%run_id, "another worker took the run lock during the swap; rolled back");
+        return Ok(SwapOutcome::NotOwned);
+    }
     tx.commit().await?;
     tracing::info!(%run_id, counts = ?staged.counts, "full refresh swapped into production");
     Ok(SwapOutcome::Succeeded(staged.counts))
 }
 
-/// Steps 2–9 inside the caller's transaction, which holds the run's lock.
+/// Whether the run is `status` (its row locked for the transaction) and no
+/// other session holds the worker's run lock (`lock_key`, a `bigint` key;
+/// advisory locks are per database, `pg_locks` is not).
+async fn owned(
+    tx: &tokio_postgres::Transaction<'_>,
+    run_id: Uuid,
+    status: RunStatus,
+    lock_key: i64,
+) -> Result<bool, RefreshError> {
+    let row = tx
+        .query_opt(
+            "SELECT status = $3 AND NOT EXISTS (
+                        SELECT 1 FROM pg_locks l
+                         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                           AND l.classid = ($2::bigint >> 32)::oid
+                           AND l.objid = ($2::bigint & 4294967295)::oid
+                           AND l.pid <> pg_backend_pid())
+               FROM kommo_import_runs WHERE id = $1 FOR UPDATE",
+            &[&run_id, &lock_key, &status.as_str()],
+        )
+        .await?;
+    Ok(row.is_some_and(|r| r.get(0)))
+}
+
+/// Steps 2–9 inside the caller's transaction, which holds the run's row.
 async fn write_production(
     tx: &tokio_postgres::Transaction<'_>,
     run_id: Uuid,
     staged: &Staged,
+    settings: &RefreshSettings,
 ) -> Result<(), RefreshError> {
+    // Each statement of the swap, not the whole of it, gets the timeout.
+    let timeout = format!("{}ms", settings.swap_timeout.as_millis());
+    tx.execute(
+        "SELECT set_config('statement_timeout', $1, true)",
+        &[&timeout],
+    )
+    .await?;
+    // Before any row lock: deliveries in flight finish, later ones wait.
+    erp::snapshot::exclusive_lock(tx).await?;
+    // A delete the processor applied after the lead's page was fetched wins
+    // over the staged copy; the staging row goes with the transaction.
+    let deleted = tx
+        .execute(
+            "DELETE FROM stg_kommo_leads s USING kommo_lead_deletions d
+              WHERE s.run_id = $1 AND d.lead_id = s.lead_id AND d.deleted_at >= $2",
+            &[&run_id, &staged.started_at],
+        )
+        .await?;
+    if deleted > 0 {
+        tracing::info!(%run_id, deleted, "staged leads deleted in Kommo since their page was fetched are left out");
+    }
+
     // 2. No outbox writes from this transaction (see migration V4).
     tx.execute(
         "SELECT set_config('integrations.outbox_suppressed', 'on', true)",
@@ -210,7 +276,8 @@ async fn write_production(
     // 3–7. Soft-delete current Kommo data, then clients (matched to
     //      existing ones exactly as webhook ingest does), sales leads,
     //      vehicles, bookings and their vehicle links.
-    erp::snapshot::apply(tx, run_id, staged.started_at).await?;
+    let deactivated = erp::snapshot::apply(tx, run_id, staged.started_at, &staged.scope).await?;
+    tracing::info!(%run_id, deactivated, "Kommo rows of the scope missing from the snapshot deactivated");
 
     // 8–9. Record the outcome with the data, so `succeeded` never shows
     //      for a swap that did not commit.
@@ -250,6 +317,7 @@ pub async fn approve(
     client: &mut tokio_postgres::Client,
     run_id: Uuid,
     approver: &str,
+    settings: &RefreshSettings,
 ) -> Result<Decision, RefreshError> {
     let staged = pre_check(client, run_id).await?;
     let tx = client.transaction().await?;
@@ -263,7 +331,7 @@ pub async fn approve(
         return Ok(Decision::NotHeld);
     };
     let guard: Option<String> = held.try_get(0)?;
-    write_production(&tx, run_id, &staged).await?;
+    write_production(&tx, run_id, &staged, settings).await?;
     tx.execute(
         "INSERT INTO audit_log (actor, action, subject, previous, current)
          VALUES ($1, 'refresh.approve', $2, $3, $4)",

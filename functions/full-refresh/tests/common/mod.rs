@@ -1,6 +1,10 @@
 //! Helpers shared by the full-refresh tests.
 #![allow(dead_code)]
 
+mod world;
+#[allow(unused_imports)]
+pub use world::*;
+
 use std::sync::Arc;
 
 use aws_lambda_events::apigw::ApiGatewayV2httpRequest;

@@ -2,7 +2,7 @@
 //! `kommo_import_runs.checkpoint` and written with each staged page, so a
 //! continuation resumes exactly where the last invocation stopped.
 
-use chrono::{FixedOffset, TimeZone};
+use chrono::{DateTime, FixedOffset, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -61,18 +61,25 @@ pub fn year_bounds(year: i32, offset: Option<FixedOffset>) -> Option<(i64, i64)>
     Some((start.timestamp(), end.timestamp() - 1))
 }
 
-/// Moves a queued run to running (phase `fetching`) with its first checkpoint.
+/// Moves a queued run to running (phase `fetching`) with its first
+/// checkpoint, and records its scope: the swap answers for the leads
+/// created inside the bounds this fetch uses, and no others.
 pub(super) async fn begin(
     client: &tokio_postgres::Client,
     run_id: Uuid,
     cp: &Checkpoint,
 ) -> Result<(), Stop> {
+    let bound = |secs: i64| {
+        DateTime::<Utc>::from_timestamp(secs, 0)
+            .ok_or_else(|| Stop::Db(RefreshError::Internal(format!("bound {secs} is no time"))))
+    };
     let n = client
         .execute(
             "UPDATE kommo_import_runs
-                SET status = 'running', phase = 'fetching', checkpoint = $2, updated_at = now()
+                SET status = 'running', phase = 'fetching', checkpoint = $2, updated_at = now(),
+                    scope_from = $3, scope_to = $4
               WHERE id = $1 AND status IN ('queued', 'running')",
-            &[&run_id, &cp.to_json()?],
+            &[&run_id, &cp.to_json()?, &bound(cp.from)?, &bound(cp.to)?],
         )
         .await?;
     if n == 0 {

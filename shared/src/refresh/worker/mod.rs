@@ -6,9 +6,12 @@
 //! each page is staged together with the new checkpoint ([`checkpoint`]) in
 //! one transaction. Every invocation fetches at least one page before it
 //! looks at the deadline, so a run always makes progress however short the
-//! time left.
+//! time left. An invocation that fetched does not start the swap without
+//! the swap's timeout left: a fresh one confirms the leads missing from
+//! staging with Kommo ([`confirm`]) and swaps.
 
 mod checkpoint;
+mod confirm;
 mod fetch;
 
 use std::{ops::ControlFlow, sync::Arc};
@@ -23,7 +26,7 @@ use super::{
     job::{JobMessage, JobQueue},
     runs::{self, RunRecord, RunStatus},
     settings::RefreshSettings,
-    staging,
+    staging, statuses,
     swap::{swap, SwapOutcome},
     RefreshError,
 };
@@ -127,7 +130,8 @@ impl Worker {
         };
         cp.invocations += 1;
         tracing::info!(%run_id, invocation = job.invocation, page = cp.next_page, "full-refresh worker resumes");
-        if !cp.fetch_done {
+        let fetched_now = !cp.fetch_done;
+        if fetched_now {
             if let ControlFlow::Break(outcome) = self
                 .fetch_or_continue(client, job, &mut cp, deadline)
                 .await?
@@ -135,7 +139,26 @@ impl Worker {
                 return Ok(outcome);
             }
         }
+        // A fresh invocation always swaps, so a short Lambda timeout cannot
+        // hand the run on forever.
+        if fetched_now && !deadline.allows(self.settings.swap_timeout) {
+            self.continue_later(job).await?;
+            tracing::info!(%run_id, "fetched; too little time left for the swap, continuation queued");
+            return Ok(JobOutcome::Continued);
+        }
+        if let ControlFlow::Break(outcome) = self.confirm_missing(client, run_id).await? {
+            return Ok(outcome);
+        }
         self.swap_and_finish(client, run_id).await
+    }
+
+    /// Queues the job's continuation: the checkpoint says where it resumes.
+    async fn continue_later(&self, job: &JobMessage) -> Result<(), RefreshError> {
+        let next = JobMessage {
+            run_id: job.run_id,
+            invocation: job.invocation + 1,
+        };
+        self.queue.send(&next).await
     }
 
     /// The run's checkpoint: the stored one of a running run, or a new one
@@ -200,6 +223,14 @@ impl Worker {
                 run.year
             )))
         })?;
+        // The account's statuses, so every lead meets a labelled status.
+        let pipelines = self
+            .kommo
+            .pipelines()
+            .await
+            .map_err(|error| Stop::Kommo { page: 0, error })?;
+        let listed = statuses::record_pipelines(client, &pipelines).await?;
+        tracing::debug!(run_id = %run.id, statuses = listed, "account statuses recorded");
         let cp = Checkpoint::start(from, to);
         checkpoint::begin(client, run.id, &cp).await?;
         tracing::info!(run_id = %run.id, year = run.year, from, to, "full refresh started");
@@ -219,11 +250,7 @@ impl Worker {
         match self.fetch(client, run_id, cp, deadline).await {
             Ok(true) => Ok(ControlFlow::Continue(())),
             Ok(false) => {
-                let next = JobMessage {
-                    run_id,
-                    invocation: job.invocation + 1,
-                };
-                self.queue.send(&next).await?;
+                self.continue_later(job).await?;
                 tracing::info!(%run_id, page = cp.next_page, "deadline near; continuation queued");
                 Ok(ControlFlow::Break(JobOutcome::Continued))
             }
@@ -276,7 +303,7 @@ impl Worker {
         let swap_started = std::time::Instant::now();
         let swapped = swap(client, run_id, &self.settings).await;
         let swap_ms = swap_started.elapsed().as_millis() as i64;
-        if swapped.is_ok() {
+        if swapped.as_ref().is_ok_and(|o| *o != SwapOutcome::NotOwned) {
             client
                 .execute(
                     "UPDATE kommo_import_runs
@@ -295,6 +322,8 @@ impl Worker {
             }
             Ok(SwapOutcome::NoLeads) => RunStatus::Failed,
             Ok(SwapOutcome::NeedsReview { .. }) => RunStatus::NeedsReview,
+            // Someone else closed or owns the run; its record is theirs.
+            Ok(SwapOutcome::NotOwned) => return Ok(JobOutcome::Skipped),
             Err(e) => {
                 tracing::error!(%run_id, error = %e, "swap failed and was rolled back");
                 let msg = format!("the swap failed and was rolled back: {e}");

@@ -299,6 +299,13 @@ impl KommoSandbox {
         self.shared.store().leads.remove(&id)
     }
 
+    /// Deletes lead `id` right after the leads list answers page `page`, as
+    /// a user deleting it while a client pages through the list would: the
+    /// next page starts one lead later, so offset paging skips one.
+    pub fn delete_lead_after_page(&self, page: usize, id: i64) {
+        self.shared.store().delete_after_page.push((page, id));
+    }
+
     pub fn upsert_contact(&self, contact: SandboxContact) {
         self.shared.store().contacts.insert(contact.id, contact);
     }

@@ -45,6 +45,9 @@ pub(crate) struct Store {
     pub users: Vec<User>,
     pub lead_fields: Vec<FieldDef>,
     pub contact_fields: Vec<FieldDef>,
+    /// Leads deleted right after a leads list answers the given page: a
+    /// delete made by a user while a client pages through the list.
+    pub delete_after_page: Vec<(usize, i64)>,
 }
 
 impl Store {
@@ -56,6 +59,7 @@ impl Store {
             users: data.users,
             lead_fields: data.lead_fields,
             contact_fields: data.contact_fields,
+            delete_after_page: Vec::new(),
         }
     }
 }
@@ -437,7 +441,7 @@ async fn list_leads(State(st): State<AppState>, RawQuery(raw): RawQuery) -> Resp
     let with_catalog = q.with.contains("catalog_elements");
     let statuses: Vec<(Option<i64>, Option<i64>)> = q.statuses.values().copied().collect();
     let items: Vec<Value> = {
-        let store = st.store();
+        let mut store = st.store();
         let ids: HashSet<i64> = q.ids.iter().copied().collect();
         let mut matched: Vec<&SandboxLead> = store
             .leads
@@ -464,12 +468,29 @@ async fn list_leads(State(st): State<AppState>, RawQuery(raw): RawQuery) -> Resp
                 matched.reverse();
             }
         }
-        page_slice(matched, &q)
+        let items = page_slice(matched, &q)
             .into_iter()
             .map(|l| lead_json(&st.base_url, st.account.id, l, with_contacts, with_catalog))
-            .collect()
+            .collect();
+        delete_after(&mut store, &q);
+        items
     };
     paged(&st, "/api/v4/leads", "leads", &q, items)
+}
+
+/// Carries out the deletes due once a paged list (not a lookup by id) has
+/// answered `q.page`.
+fn delete_after(store: &mut Store, q: &ListQuery) {
+    if !q.ids.is_empty() {
+        return;
+    }
+    let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut store.delete_after_page)
+        .into_iter()
+        .partition(|(page, _)| *page == q.page);
+    store.delete_after_page = later;
+    for (_, id) in due {
+        store.leads.remove(&id);
+    }
 }
 
 async fn get_lead(
