@@ -244,10 +244,12 @@ async fn write_production(
     staged: &Staged,
     settings: &RefreshSettings,
 ) -> Result<(), RefreshError> {
-    // Each statement of the swap, not the whole of it, gets the timeout.
+    // Each statement of the swap, not the whole of it, gets the timeout. JIT
+    // off: the client match's estimate can pass `jit_above_cost`, and compiling
+    // took 0.55 s for 0.3 s of work (docs/benchmarks.md, the swap's profile).
     let timeout = format!("{}ms", settings.swap_timeout.as_millis());
     tx.execute(
-        "SELECT set_config('statement_timeout', $1, true)",
+        "SELECT set_config('statement_timeout', $1, true), set_config('jit', 'off', true)",
         &[&timeout],
     )
     .await?;
