@@ -27,6 +27,7 @@ use shared::{
     refresh::{
         runs,
         swap::{self, Decision},
+        zoho_work,
         JobQueue, RefreshError, RefreshSettings, StartOutcome,
     },
 };
@@ -224,6 +225,9 @@ impl HttpApp {
             Verdict::Approve => swap::approve(&mut client, id, sub).await,
             Verdict::Discard => swap::discard(&mut client, id, sub).await,
         };
+        if matches!(decision, Ok(Decision::Approved(_))) {
+            zoho_work::after_swap(&mut client, zoho_work::API_BUDGET).await;
+        }
         match decision {
             Ok(Decision::NotHeld) => Err(ApiError::new(
                 409,

@@ -1,18 +1,21 @@
-//! EventBridge schedule → one drain run → EMF metrics and a JSON report.
+//! EventBridge schedule → one drain run → EMF metrics and a JSON report;
+//! `{"mode": "reconcile"}` → one reconcile (see [`crate::mode`]).
 //!
 //! EventBridge rules (`Schedule`) send a "Scheduled Event" envelope;
 //! EventBridge Scheduler (`ScheduleV2`) sends whatever `Input` the schedule
-//! has. The body only labels the run, so any JSON is accepted.
+//! has. Without a `mode` the body only labels the run.
 //!
 //! Each tick also deletes one bounded batch of expired rows
 //! ([`shared::retention`]), so retention needs no schedule of its own.
 
 use std::time::Duration;
 
+use crate::mode::Mode;
+
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use shared::{
-    outbox::{self, Drain, OutboxError},
+    outbox::{self, Drain, OutboxError, ReconcileLimits},
     platform::{
         db::{DbError, DbPool},
         deadline::time_left,
@@ -65,6 +68,8 @@ pub enum HandlerError {
     Drain(#[from] OutboxError),
     #[error("report could not be serialised: {0}")]
     Report(#[from] serde_json::Error),
+    #[error("outbox-drain event refused: {0}")]
+    BadEvent(String),
 }
 
 impl From<HandlerError> for lambda_runtime::Diagnostic {
@@ -73,6 +78,7 @@ impl From<HandlerError> for lambda_runtime::Diagnostic {
             error_type: match e {
                 HandlerError::Drain(_) => "OutboxDrainFailed".into(),
                 HandlerError::Report(_) => "OutboxReportFailed".into(),
+                HandlerError::BadEvent(_) => "OutboxDrainBadEvent".into(),
             },
             error_message: e.to_string(),
         }
@@ -175,8 +181,12 @@ pub async fn handle(
     upkeep: &Upkeep,
     event: LambdaEvent<Value>,
 ) -> Result<Value, HandlerError> {
+    let mode = Mode::from_payload(&event.payload).map_err(HandlerError::BadEvent)?;
     let trigger = Trigger::from_payload(&event.payload);
     let deadline = drain.deadline_in(time_left_of(&event.context));
+    if let Mode::Reconcile(limits) = mode {
+        return reconcile(upkeep, deadline, limits, &event.context).await;
+    }
     tracing::info!(trigger = trigger.kind(), ?trigger, "outbox drain started");
     let report = drain.run(deadline).await.inspect_err(|e| {
         tracing::error!(error = %e, "outbox drain failed");
@@ -202,6 +212,32 @@ pub async fn handle(
     let mut out = serde_json::to_value(&report)?;
     if let Value::Object(obj) = &mut out {
         obj.insert("purged".into(), serde_json::to_value(purged)?);
+    }
+    Ok(out)
+}
+
+/// One reconcile: queues the work of every client and booking Zoho is
+/// behind on; the drain's ticks send it.
+async fn reconcile(
+    upkeep: &Upkeep,
+    deadline: shared::platform::deadline::Deadline,
+    limits: ReconcileLimits,
+    ctx: &lambda_runtime::Context,
+) -> Result<Value, HandlerError> {
+    let mut conn = upkeep.pool.get().await.map_err(OutboxError::from)?;
+    let report = outbox::reconcile(&mut conn, deadline, limits)
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "zoho reconcile failed"))?;
+    let mut metrics = Metrics::new("KommoZoho", "outbox-drain");
+    metrics.add("reconcile_enqueued", report.enqueued as f64, Unit::Count);
+    let scanned = report.clients_scanned + report.bookings_scanned;
+    metrics.add("reconcile_scanned", scanned as f64, Unit::Count);
+    metrics.property("requestId", ctx.request_id.clone());
+    metrics.property("trigger", "reconcile");
+    metrics.flush();
+    let mut out = serde_json::to_value(&report)?;
+    if let Value::Object(obj) = &mut out {
+        obj.insert("mode".into(), Value::from("reconcile"));
     }
     Ok(out)
 }

@@ -1,4 +1,5 @@
-//! Contacts upsert and Sales Orders create over Zoho CRM v8.
+//! Contacts upsert, Sales Orders create, and updates by id or upsert of
+//! both, over Zoho CRM v8.
 
 use std::{
     sync::{
@@ -8,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::{
@@ -158,22 +160,56 @@ impl ZohoClient {
     /// `POST /crm/v8/Contacts/upsert` with up to 100 records and the configured
     /// `duplicate_check_fields`; one result per record, in request order.
     pub async fn upsert_contacts(&self, records: &[Value]) -> Result<Vec<RecordResult>, ZohoError> {
-        if records.is_empty() {
-            return Ok(Vec::new());
-        }
-        if records.len() > MAX_RECORDS_PER_CALL {
-            return Err(ZohoError::Config(format!(
-                "{} records in one upsert; Zoho takes at most {MAX_RECORDS_PER_CALL}",
-                records.len()
-            )));
-        }
+        let fields = self.settings.duplicate_check_fields.clone();
+        self.upsert_records("Contacts", records, &fields).await
+    }
+
+    /// `POST /crm/v8/{module}/upsert` with up to 100 records: each updates the
+    /// record that one of `duplicate_check_fields` matches, or is inserted.
+    pub async fn upsert_records(
+        &self,
+        module: &str,
+        records: &[Value],
+        duplicate_check_fields: &[String],
+    ) -> Result<Vec<RecordResult>, ZohoError> {
         let body = json!({
             "data": records,
-            "duplicate_check_fields": self.settings.duplicate_check_fields,
+            "duplicate_check_fields": duplicate_check_fields,
             "trigger": [],
         });
-        let doc = self.post("Contacts/upsert", &body).await?;
-        let items = data_items(&doc, records.len())?;
+        self.batch(Method::POST, &format!("{module}/upsert"), records.len(), &body)
+            .await
+    }
+
+    /// `PUT /crm/v8/{module}` with up to 100 records, each naming the record
+    /// it changes by its `id`; one result per record, in request order.
+    pub async fn update_records(
+        &self,
+        module: &str,
+        records: &[Value],
+    ) -> Result<Vec<RecordResult>, ZohoError> {
+        let body = json!({"data": records, "trigger": []});
+        self.batch(Method::PUT, module, records.len(), &body).await
+    }
+
+    /// One call of `n` records (1 to 100; none makes no call).
+    async fn batch(
+        &self,
+        method: Method,
+        path: &str,
+        n: usize,
+        body: &Value,
+    ) -> Result<Vec<RecordResult>, ZohoError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if n > MAX_RECORDS_PER_CALL {
+            return Err(ZohoError::Config(format!(
+                "{n} records in one call; Zoho takes at most {MAX_RECORDS_PER_CALL}"
+            )));
+        }
+        let doc = self.send(method, path, body).await?;
+        let items = data_items(&doc, n)?;
         Ok(items.iter().map(record_result).collect())
     }
 
@@ -181,7 +217,7 @@ impl ZohoClient {
     /// configured unique field means an earlier attempt created it: success.
     pub async fn create_sales_order(&self, record: &Value) -> Result<SalesOrder, ZohoError> {
         let body = json!({"data": [record], "trigger": []});
-        let doc = self.post("Sales_Orders", &body).await?;
+        let doc = self.send(Method::POST, "Sales_Orders", &body).await?;
         let items = data_items(&doc, 1)?;
         match record_result(&items[0]) {
             RecordResult::Success { id, raw, .. } => Ok(SalesOrder {
@@ -212,7 +248,7 @@ impl ZohoClient {
     /// Sends with the shared token; on 401 `INVALID_TOKEN`, replaces the token
     /// once and retries once. Returns the body of any answer that carries a
     /// per-record `data` array (200, 201, 207, 400).
-    async fn post(&self, path: &str, body: &Value) -> Result<Value, ZohoError> {
+    async fn send(&self, method: Method, path: &str, body: &Value) -> Result<Value, ZohoError> {
         let mut token = self.tokens.get().await?;
         let mut retried = false;
         loop {
@@ -220,7 +256,7 @@ impl ZohoClient {
             let started = Instant::now();
             let sent = self
                 .http
-                .post(&url)
+                .request(method.clone(), &url)
                 .header(
                     reqwest::header::AUTHORIZATION,
                     format!("Zoho-oauthtoken {}", token.token.expose()),

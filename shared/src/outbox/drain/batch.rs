@@ -1,5 +1,7 @@
-//! One claimed batch sent to Zoho: contacts first (in calls of at most 100,
-//! `zoho_concurrency` at a time), then the sales orders that needed them.
+//! One claimed batch sent to Zoho: contacts first (upserted, or updated by
+//! their id, in calls of at most 100, `zoho_concurrency` at a time), then the
+//! sales orders that needed them: new ones created one by one, changed ones
+//! updated by id (or upserted on the booking-id field) 100 to a call.
 //! The first throttle, 429, broken credential or near deadline stops every
 //! call that has not started; its rows are handed back uncharged.
 
@@ -15,18 +17,21 @@ use uuid::Uuid;
 
 use super::{
     load::{self, Clients},
-    plan::{self, ContactState, Plan, ReadyOrder},
+    plan::{self, RecordState, Plan, ReadyOrder},
     records::{contact_record, order_record},
     Drain, StopReason,
 };
 use crate::{
     outbox::{
         store::{ClaimedRow, Effect, Outcome, Settlement},
-        OutboxError,
+        OutboxError, EVENT_SALES_ORDER_UPDATE,
     },
     platform::{config::ZohoSettings, deadline::Deadline},
-    zoho::{ErrorClass, ZohoClient, ZohoError, MAX_RECORDS_PER_CALL},
+    zoho::{ErrorClass, RecordResult, ZohoClient, ZohoError, MAX_RECORDS_PER_CALL},
 };
+
+const MODULE_CONTACTS: &str = "Contacts";
+const MODULE_SALES_ORDERS: &str = "Sales_Orders";
 
 /// One claimed batch being dispatched.
 pub(super) struct Batch<'a> {
@@ -97,12 +102,14 @@ impl<'a> Batch<'a> {
         let plan = Plan::new(sorted, &clients, &bookings);
         let mut out = plan.settled;
 
-        let mut contacts = self.send_contacts(&plan.to_send, &clients).await;
+        let mut contacts = self.send_contacts(&plan.to_send, &clients, false).await;
+        contacts.extend(self.send_contacts(&plan.to_update, &clients, true).await);
         self.check_contact_conflicts(&mut contacts).await?;
         let settings = &self.drain.settings;
         out.extend(plan::settle_contact_rows(
             plan.contact_rows,
             &contacts,
+            &clients,
             settings,
         ));
 
@@ -115,74 +122,149 @@ impl<'a> Batch<'a> {
                 "ZOHO_PRODUCT_ID is not set: sales orders need a product".into(),
             );
         }
-        let results: Vec<Settlement> = stream::iter(ready)
+        let (updates, creates): (Vec<ReadyOrder>, Vec<ReadyOrder>) = ready
+            .into_iter()
+            .partition(|o| o.row.event_type == EVENT_SALES_ORDER_UPDATE);
+        let results: Vec<Settlement> = stream::iter(creates)
             .map(|order| self.send_order(order))
             .buffer_unordered(settings.zoho_concurrency.max(1))
             .collect()
             .await;
         out.extend(results);
+        out.extend(self.send_order_updates(updates).await);
         Ok(out)
     }
 
-    /// Upserts contacts in calls of at most 100, `zoho_concurrency` at a time.
+    /// Runs one batch call of `n` records unless the batch must hold; the
+    /// state of each record, in request order.
+    async fn call_chunk(
+        &self,
+        n: usize,
+        call: impl std::future::Future<Output = Result<Vec<RecordResult>, ZohoError>>,
+    ) -> Vec<RecordState> {
+        if let Some(reason) = self.hold() {
+            return vec![RecordState::NotSent(Some(reason)); n];
+        }
+        match call.await {
+            Ok(results) => results.into_iter().map(RecordState::of).collect(),
+            Err(e) => {
+                self.observe(&e);
+                vec![RecordState::of_call(&e); n]
+            }
+        }
+    }
+
+    /// Sends contacts in calls of at most 100, `zoho_concurrency` at a time:
+    /// upserted, or (`by_id`) updated by their known Zoho id.
     async fn send_contacts(
         &self,
-        to_send: &[Uuid],
+        clients_to_send: &[Uuid],
         clients: &Clients,
-    ) -> HashMap<Uuid, ContactState> {
+        by_id: bool,
+    ) -> HashMap<Uuid, RecordState> {
         let key_field = self.settings().contact_key_field.clone();
-        let chunks: Vec<Vec<(Uuid, Value)>> = to_send
+        let record = |id: &Uuid| {
+            let c = clients.get(id)?;
+            let mut rec = contact_record(*id, c, key_field.as_deref());
+            if by_id {
+                rec["id"] = json!(c.zoho_contact_id.clone()?);
+            }
+            Some((*id, rec))
+        };
+        let chunks: Vec<Vec<(Uuid, Value)>> = clients_to_send
             .chunks(MAX_RECORDS_PER_CALL)
-            .map(|chunk| {
-                chunk
-                    .iter()
-                    .filter_map(|id| {
-                        clients
-                            .get(id)
-                            .map(|c| (*id, contact_record(*id, c, key_field.as_deref())))
-                    })
-                    .collect()
-            })
+            .map(|chunk| chunk.iter().filter_map(record).collect())
             .collect();
         let concurrency = self.drain.settings.zoho_concurrency.max(1);
-        let per_chunk: Vec<Vec<(Uuid, ContactState)>> = stream::iter(chunks)
-            .map(|chunk| self.send_contact_chunk(chunk))
+        let per_chunk: Vec<Vec<(Uuid, RecordState)>> = stream::iter(chunks)
+            .map(|chunk| self.send_contact_chunk(chunk, by_id))
             .buffer_unordered(concurrency)
             .collect()
             .await;
         per_chunk.into_iter().flatten().collect()
     }
 
-    /// One upsert call; a failed call gives every contact in it the same state.
-    async fn send_contact_chunk(&self, chunk: Vec<(Uuid, Value)>) -> Vec<(Uuid, ContactState)> {
-        let state = if let Some(reason) = self.hold() {
-            ContactState::NotSent(Some(reason))
-        } else {
-            let records: Vec<Value> = chunk.iter().map(|(_, r)| r.clone()).collect();
-            match self.zoho.upsert_contacts(&records).await {
-                Ok(results) => {
-                    return chunk
-                        .into_iter()
-                        .zip(results)
-                        .map(|((id, _), r)| (id, ContactState::of(r)))
-                        .collect()
-                }
-                Err(e) => {
-                    self.observe(&e);
-                    let msg = e.to_string();
-                    match e.class() {
-                        ErrorClass::Retryable => ContactState::Retry(msg),
-                        ErrorClass::Permanent => ContactState::Failed(msg),
-                        ErrorClass::Throttled | ErrorClass::Systemic => {
-                            ContactState::NotSent(Some(msg))
-                        }
-                    }
-                }
+    /// One contacts call; a failed call gives every contact in it the same state.
+    async fn send_contact_chunk(
+        &self,
+        chunk: Vec<(Uuid, Value)>,
+        by_id: bool,
+    ) -> Vec<(Uuid, RecordState)> {
+        let records: Vec<Value> = chunk.iter().map(|(_, r)| r.clone()).collect();
+        let call = async {
+            if by_id {
+                self.zoho.update_records(MODULE_CONTACTS, &records).await
+            } else {
+                self.zoho.upsert_contacts(&records).await
             }
         };
+        let states = self.call_chunk(records.len(), call).await;
+        chunk.into_iter().map(|(id, _)| id).zip(states).collect()
+    }
+
+    /// Changed orders, 100 to a call: updated by their Zoho id, or upserted
+    /// on the booking-id field when the id is unknown.
+    async fn send_order_updates(&self, orders: Vec<ReadyOrder>) -> Vec<Settlement> {
+        let (by_id, by_key): (Vec<ReadyOrder>, Vec<ReadyOrder>) = orders
+            .into_iter()
+            .partition(|o| o.booking.zoho_sales_order_id.is_some());
+        let mut chunks: Vec<Vec<ReadyOrder>> = Vec::new();
+        for group in [by_id, by_key] {
+            let mut rest = group.into_iter().peekable();
+            while rest.peek().is_some() {
+                chunks.push(rest.by_ref().take(MAX_RECORDS_PER_CALL).collect());
+            }
+        }
+        let concurrency = self.drain.settings.zoho_concurrency.max(1);
+        let per_chunk: Vec<Vec<Settlement>> = stream::iter(chunks)
+            .map(|chunk| self.send_order_chunk(chunk))
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        per_chunk.into_iter().flatten().collect()
+    }
+
+    /// One call of changed orders that all have, or all lack, a Zoho id.
+    async fn send_order_chunk(&self, chunk: Vec<ReadyOrder>) -> Vec<Settlement> {
+        let settings = self.settings();
+        let records: Vec<Value> = chunk
+            .iter()
+            .map(|o| {
+                let mut rec = order_record(o.row.entity_id, &o.contact_id, &o.booking, settings);
+                if let Some(id) = &o.booking.zoho_sales_order_id {
+                    rec["id"] = json!(id);
+                }
+                rec
+            })
+            .collect();
+        let by_id = chunk
+            .first()
+            .is_some_and(|o| o.booking.zoho_sales_order_id.is_some());
+        let call = async {
+            if by_id {
+                self.zoho.update_records(MODULE_SALES_ORDERS, &records).await
+            } else {
+                let key = [settings.sales_order_unique_field.clone()];
+                let module = MODULE_SALES_ORDERS;
+                self.zoho.upsert_records(module, &records, &key).await
+            }
+        };
+        let states = self.call_chunk(records.len(), call).await;
+        let s = &self.drain.settings;
         chunk
             .into_iter()
-            .map(|(id, _)| (id, state.clone()))
+            .zip(states)
+            .map(|(o, state)| {
+                let booking_id = o.row.entity_id;
+                let fingerprint = Some(o.booking.fingerprint.clone());
+                let on_success = |zoho_id: &str| Effect::SalesOrder {
+                    booking_id,
+                    zoho_id: zoho_id.to_string(),
+                    fingerprint,
+                };
+                let effects = o.contact_effect.into_iter().collect();
+                plan::settle_state(&o.row, Some(&state), effects, on_success, s)
+            })
             .collect()
     }
 
@@ -190,12 +272,12 @@ impl<'a> Batch<'a> {
     /// another client (same email, say) fails this row instead of the batch.
     async fn check_contact_conflicts(
         &self,
-        contacts: &mut HashMap<Uuid, ContactState>,
+        contacts: &mut HashMap<Uuid, RecordState>,
     ) -> Result<(), OutboxError> {
         let mut synced: Vec<(Uuid, String)> = contacts
             .iter()
             .filter_map(|(c, s)| match s {
-                ContactState::Synced { zoho_id, .. } => Some((*c, zoho_id.clone())),
+                RecordState::Synced { zoho_id, .. } => Some((*c, zoho_id.clone())),
                 _ => None,
             })
             .collect();
@@ -213,7 +295,7 @@ impl<'a> Batch<'a> {
                 Some(other) if *other != client => {
                     contacts.insert(
                         client,
-                        ContactState::Failed(format!(
+                        RecordState::Failed(format!(
                             "Zoho contact {zoho_id} is already linked to client {other}"
                         )),
                     );
@@ -247,6 +329,7 @@ impl<'a> Batch<'a> {
                     effects.push(Effect::SalesOrder {
                         booking_id: row.entity_id,
                         zoho_id: so.id.clone(),
+                        fingerprint: Some(booking.fingerprint.clone()),
                     });
                     Outcome::Succeeded {
                         response: json!({
