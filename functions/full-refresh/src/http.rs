@@ -226,7 +226,7 @@ impl HttpApp {
             Verdict::Discard => swap::discard(&mut client, id, sub).await,
         };
         if matches!(decision, Ok(Decision::Approved(_))) {
-            zoho_work::after_swap(&mut client, zoho_work::API_BUDGET).await;
+            zoho_work::after_swap(&mut client, &self.flags, zoho_work::API_BUDGET).await;
         }
         match decision {
             Ok(Decision::NotHeld) => Err(ApiError::new(

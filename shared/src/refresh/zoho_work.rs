@@ -2,13 +2,18 @@
 //! the outbox suppressed, so a refresh cannot flood Zoho with duplicate
 //! work; right after it commits, one bounded reconcile queues exactly what
 //! Zoho is behind on (new bookings, changed ones, soft-deleted ones whose
-//! orders must be cancelled) and nothing for rows in step.
+//! orders must be cancelled) and nothing for rows in step. With
+//! `enableZohoLive` off it is skipped: the work would only be stubbed, and
+//! going live runs a reconcile anyway.
 
 use std::time::Duration;
 
 use crate::{
     outbox::{reconcile, ReconcileLimits, ReconcileReport},
-    platform::deadline::Deadline,
+    platform::{
+        deadline::Deadline,
+        flags::{FeatureFlags, Flag},
+    },
 };
 
 /// How long the worker's reconcile after a swap may take; the daily
@@ -22,8 +27,17 @@ pub const API_BUDGET: Duration = Duration::from_secs(10);
 /// catches up.
 pub async fn after_swap(
     client: &mut tokio_postgres::Client,
+    flags: &FeatureFlags,
     budget: Duration,
 ) -> Option<ReconcileReport> {
+    match flags.is_enabled(Flag::ZohoLive).await {
+        Ok(true) => {}
+        Ok(false) => return None,
+        Err(e) => {
+            tracing::warn!(error = %e, "zoho flag unreadable; reconcile after the swap skipped");
+            return None;
+        }
+    }
     let deadline = Deadline::after(budget, Duration::ZERO);
     match reconcile(client, deadline, ReconcileLimits::default()).await {
         Ok(report) => Some(report),

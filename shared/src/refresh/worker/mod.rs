@@ -288,7 +288,7 @@ impl Worker {
         }
         let status = match swapped {
             Ok(SwapOutcome::Succeeded(_)) => {
-                zoho_work::after_swap(client, zoho_work::WORKER_BUDGET).await;
+                zoho_work::after_swap(client, &self.flags, zoho_work::WORKER_BUDGET).await;
                 if let Err(e) = staging::cleanup(&*client, self.settings.keep_runs).await {
                     tracing::warn!(error = %e, "staging cleanup failed; it is retried after the next run");
                 }
