@@ -321,10 +321,8 @@ mod tests {
         (row.get(0), row.get(1), row.get(2))
     }
 
-    #[tokio::test]
-    async fn a_scheduled_run_with_the_flag_off_stubs_rows_without_a_zoho_secret() {
-        let db = testkit::TestDb::new().await;
-        let client_id = client_with_pending_upsert(&db, "A B").await;
+    /// A drain and its upkeep over `db`, without a Zoho secret.
+    fn drain_and_upkeep(db: &testkit::TestDb) -> (Drain, Upkeep) {
         let pool = db.pool();
         let settings = OutboxSettings {
             batch_size: 10,
@@ -350,6 +348,14 @@ mod tests {
             settings,
             Arc::new(LazyZohoClient::unconfigured()),
         );
+        (drain, upkeep)
+    }
+
+    #[tokio::test]
+    async fn a_scheduled_run_with_the_flag_off_stubs_rows_without_a_zoho_secret() {
+        let db = testkit::TestDb::new().await;
+        let client_id = client_with_pending_upsert(&db, "A B").await;
+        let (drain, upkeep) = drain_and_upkeep(&db);
         for name in [
             "outbox-drain-schedule.json",
             "outbox-drain-schedule-v2.json",
@@ -371,5 +377,37 @@ mod tests {
         assert_eq!(out["claimed"], 0);
         let (status, attempts, _) = outbox_row(&db, id2).await;
         assert_eq!((status.as_str(), attempts), ("pending", 0));
+    }
+
+    #[tokio::test]
+    async fn the_reconcile_event_queues_what_zoho_is_behind_on_and_bad_events_are_refused() {
+        let db = testkit::TestDb::new().await;
+        let client_id = client_with_pending_upsert(&db, "A B").await;
+        let (drain, upkeep) = drain_and_upkeep(&db);
+        // Stubbed while Zoho was off: the contact never reached Zoho.
+        let tick = LambdaEvent::new(sample("outbox-drain-schedule.json"), Default::default());
+        handle(&drain, &upkeep, tick).await.unwrap();
+        assert_eq!(outbox_row(&db, client_id).await.0, "succeeded");
+
+        let reconcile = sample("outbox-drain-reconcile.json");
+        let event = LambdaEvent::new(reconcile.clone(), Default::default());
+        let out = handle(&drain, &upkeep, event).await.unwrap();
+        assert_eq!(out["mode"], "reconcile", "{out}");
+        assert_eq!((out["enqueued"].as_i64(), out["complete"].as_bool()), (Some(1), Some(true)));
+        let pending = "SELECT count(*) FROM integrations_outbox WHERE status = 'pending'";
+        let n: i64 = db.client().await.query_one(pending, &[]).await.unwrap().get(0);
+        assert_eq!(n, 1);
+        // Again: the row is already queued, nothing more.
+        let out = handle(&drain, &upkeep, LambdaEvent::new(reconcile, Default::default()))
+            .await
+            .unwrap();
+        assert_eq!(out["enqueued"], 0);
+
+        let bad = serde_json::json!({"mode": "reconcle"});
+        let err = handle(&drain, &upkeep, LambdaEvent::new(bad, Default::default()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HandlerError::BadEvent(_)), "{err}");
+        assert!(err.to_string().contains("unknown mode"), "{err}");
     }
 }
