@@ -569,17 +569,7 @@ pub(super) fn create_order(s: &mut State, i: usize, rec: &Value) -> Value {
     {
         return err;
     }
-    let id = s.new_id();
-    let unique = s.opts.sales_order_unique_field.clone();
-    if let Some(key) = rec.get(&unique).and_then(field_text) {
-        s.order_index.insert(key, s.sales_orders.len());
-    }
-    s.order_pos.insert(id.clone(), s.sales_orders.len());
-    s.sales_orders.push(StoredRecord {
-        id: id.clone(),
-        fields: rec.clone(),
-        writes: 1,
-    });
+    let id = s.push_order(rec.clone());
     let mut details = success_details(&id);
     details["$approval_state"] = json!("approved");
     json!({"code": "SUCCESS", "details": details, "message": "record added", "status": "success"})

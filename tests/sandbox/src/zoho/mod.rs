@@ -218,6 +218,22 @@ impl State {
         self.index_contact(self.contacts.len() - 1);
     }
 
+    /// Stores a new sales order, indexed by id and unique field; its id.
+    fn push_order(&mut self, fields: Map<String, Value>) -> String {
+        let id = self.new_id();
+        let unique = &self.opts.sales_order_unique_field;
+        if let Some(key) = fields.get(unique).and_then(handlers::field_text) {
+            self.order_index.insert(key, self.sales_orders.len());
+        }
+        self.order_pos.insert(id.clone(), self.sales_orders.len());
+        self.sales_orders.push(StoredRecord {
+            id: id.clone(),
+            fields,
+            writes: 1,
+        });
+        id
+    }
+
     fn new_id(&mut self) -> String {
         self.next_id += 1;
         // Zoho ids are 19-digit strings.
@@ -381,6 +397,11 @@ impl ZohoSandbox {
             writes: 1,
         });
         id
+    }
+
+    /// Adds a sales order directly, as if created in Zoho's UI.
+    pub fn insert_sales_order(&self, fields: Map<String, Value>) -> String {
+        self.shared.lock().push_order(fields)
     }
 
     /// A snapshot of records, call counts and token counts.
