@@ -1,7 +1,7 @@
 //! Zoho in lockstep (issue 15) against a real Postgres and the Zoho sandbox:
 //! Kommo changes applied through ingest, drained to Zoho, and reconcile.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use sandbox::zoho::{
@@ -13,42 +13,12 @@ use shared::{
     ingest::{apply_lead, delete_lead, Enqueued, LeadOutcome},
     kommo::{MappedContact, MappedLead},
     outbox::{reconcile, Drain, DrainReport, ReconcileLimits, ReconcileReport},
-    platform::{
-        config::{OutboxSettings, ZohoSettings},
-        deadline::Deadline,
-        flags::FeatureFlags,
-        secrets::ZohoSecret,
-    },
-    zoho::{LazyZohoClient, ZohoClient},
+    platform::deadline::Deadline,
 };
 use testkit::TestDb;
 
 fn drain(db: &TestDb, z: &ZohoSandbox) -> Drain {
-    let settings = OutboxSettings {
-        batch_size: 500,
-        max_attempts: 5,
-        backoff_base: Duration::from_secs(30),
-        backoff_cap: Duration::from_secs(3600),
-        lease: Duration::from_secs(300),
-        zoho_concurrency: 5,
-        deadline_margin: Duration::from_secs(1),
-        defer: Duration::from_secs(60),
-    };
-    let zoho = ZohoSettings {
-        duplicate_check_fields: vec!["Email".into()],
-        sales_order_unique_field: "ERP_Booking_Id".into(),
-        product_id: Some("5725767000011358006".into()),
-        http_timeout: Duration::from_secs(5),
-        contact_key_field: None,
-        token_refresh_margin: Duration::from_secs(300),
-        throttle_circuit: Duration::from_secs(600),
-    };
-    let pool = db.pool();
-    let secret: ZohoSecret = serde_json::from_value(z.secret_json()).unwrap();
-    let client = ZohoClient::new(secret, zoho, pool.clone()).unwrap();
-    let flags = Arc::new(FeatureFlags::new(pool.clone(), Duration::ZERO));
-    let lazy = LazyZohoClient::ready(Arc::new(client));
-    Drain::new(pool, flags, settings, Arc::new(lazy))
+    testkit::outbox::drain(db, z.secret_json(), testkit::outbox::zoho_settings("Email"))
 }
 
 async fn run(d: &Drain) -> DrainReport {
@@ -123,7 +93,11 @@ async fn apply(db: &TestDb, l: &MappedLead, c: &MappedContact) -> Enqueued {
 }
 
 fn crm_calls(s: &SandboxState) -> u64 {
-    s.calls.iter().filter(|(k, _)| *k != "oauth_token").map(|(_, n)| n).sum()
+    s.calls
+        .iter()
+        .filter(|(k, _)| *k != "oauth_token")
+        .map(|(_, n)| n)
+        .sum()
 }
 
 fn text<'a>(r: &'a sandbox::zoho::StoredRecord, field: &str) -> Option<&'a str> {
@@ -272,7 +246,11 @@ async fn stubbed_bookings_reach_zoho_once_after_the_flag_and_a_reconcile() {
 
     let s = z.state();
     assert_eq!((s.contacts.len(), s.sales_orders.len()), (100, 100));
-    assert!(s.contacts.iter().chain(&s.sales_orders).all(|r| r.writes == 1));
+    assert!(s
+        .contacts
+        .iter()
+        .chain(&s.sales_orders)
+        .all(|r| r.writes == 1));
     let synced = db
         .client()
         .await
@@ -298,7 +276,9 @@ async fn a_reconcile_cut_short_resumes_where_it_stopped() {
         apply(&db, &lead(id, 10), &contact(id, 10)).await;
     }
     let mut c = db.client().await;
-    c.execute("DELETE FROM integrations_outbox", &[]).await.unwrap();
+    c.execute("DELETE FROM integrations_outbox", &[])
+        .await
+        .unwrap();
     let limits = ReconcileLimits {
         page_rows: 10,
         max_pages: 2,

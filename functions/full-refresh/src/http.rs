@@ -27,8 +27,7 @@ use shared::{
     refresh::{
         runs,
         swap::{self, Decision},
-        zoho_work,
-        JobQueue, RefreshError, RefreshSettings, StartOutcome,
+        zoho_work, JobQueue, RefreshError, RefreshSettings, StartOutcome,
     },
 };
 use uuid::Uuid;

@@ -17,13 +17,8 @@ use sandbox::{
 use shared::{
     kommo::{KommoClient, KommoClientOptions},
     outbox::{reconcile, Drain, ReconcileLimits},
-    platform::{
-        config::{OutboxSettings, ZohoSettings},
-        deadline::Deadline,
-        secrets::{Redacted, ZohoSecret},
-    },
+    platform::{deadline::Deadline, secrets::Redacted},
     refresh::{RefreshSettings, RunStatus, Worker},
-    zoho::{LazyZohoClient, ZohoClient},
 };
 use testkit::{
     refresh::{run_to_completion, MemoryQueue},
@@ -56,41 +51,15 @@ fn worker(db: &TestDb, kommo: &KommoSandbox, queue: Arc<MemoryQueue>) -> Worker 
     }
 }
 
+/// Sandbox contacts may share an email; the client id keeps them apart.
 fn drain(db: &TestDb, z: &ZohoSandbox) -> Drain {
-    let settings = OutboxSettings {
-        batch_size: 500,
-        max_attempts: 5,
-        backoff_base: Duration::from_secs(30),
-        backoff_cap: Duration::from_secs(3600),
-        lease: Duration::from_secs(300),
-        zoho_concurrency: 5,
-        deadline_margin: Duration::from_secs(1),
-        defer: Duration::from_secs(60),
-    };
-    let zoho = ZohoSettings {
-        // Sandbox contacts may share an email; the client id keeps them apart.
-        duplicate_check_fields: vec!["ERP_Client_Id".into()],
-        sales_order_unique_field: "ERP_Booking_Id".into(),
-        product_id: Some("5725767000011358006".into()),
-        http_timeout: Duration::from_secs(5),
-        contact_key_field: Some("ERP_Client_Id".into()),
-        token_refresh_margin: Duration::from_secs(300),
-        throttle_circuit: Duration::from_secs(600),
-    };
-    let pool = db.pool();
-    let secret: ZohoSecret = serde_json::from_value(z.secret_json()).unwrap();
-    let client = ZohoClient::new(secret, zoho, pool.clone()).unwrap();
-    let lazy = LazyZohoClient::ready(Arc::new(client));
-    Drain::new(pool, flags(db), settings, Arc::new(lazy))
+    let mut zoho = testkit::outbox::zoho_settings("ERP_Client_Id");
+    zoho.contact_key_field = Some("ERP_Client_Id".into());
+    testkit::outbox::drain(db, z.secret_json(), zoho)
 }
 
 async fn count(db: &TestDb, sql: &str) -> i64 {
-    db.client()
-        .await
-        .query_one(sql, &[])
-        .await
-        .unwrap()
-        .get(0)
+    db.client().await.query_one(sql, &[]).await.unwrap().get(0)
 }
 
 #[tokio::test]
@@ -134,7 +103,10 @@ async fn after_a_full_refresh_and_one_reconcile_zoho_holds_each_client_and_booki
     assert!(r.complete, "{r:?}");
     assert_eq!(r.enqueued, 0, "the swap's reconcile left nothing behind");
     let d = drain(&db, &z);
-    let report = d.run(d.deadline_in(Duration::from_secs(120))).await.unwrap();
+    let report = d
+        .run(d.deadline_in(Duration::from_secs(120)))
+        .await
+        .unwrap();
     assert_eq!((report.failed, report.retried), (0, 0), "{report:?}");
     assert_eq!(count(&db, live).await, 0);
 

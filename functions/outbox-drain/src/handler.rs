@@ -393,14 +393,27 @@ mod tests {
         let event = LambdaEvent::new(reconcile.clone(), Default::default());
         let out = handle(&drain, &upkeep, event).await.unwrap();
         assert_eq!(out["mode"], "reconcile", "{out}");
-        assert_eq!((out["enqueued"].as_i64(), out["complete"].as_bool()), (Some(1), Some(true)));
+        assert_eq!(
+            (out["enqueued"].as_i64(), out["complete"].as_bool()),
+            (Some(1), Some(true))
+        );
         let pending = "SELECT count(*) FROM integrations_outbox WHERE status = 'pending'";
-        let n: i64 = db.client().await.query_one(pending, &[]).await.unwrap().get(0);
+        let n: i64 = db
+            .client()
+            .await
+            .query_one(pending, &[])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(n, 1);
         // Again: the row is already queued, nothing more.
-        let out = handle(&drain, &upkeep, LambdaEvent::new(reconcile, Default::default()))
-            .await
-            .unwrap();
+        let out = handle(
+            &drain,
+            &upkeep,
+            LambdaEvent::new(reconcile, Default::default()),
+        )
+        .await
+        .unwrap();
         assert_eq!(out["enqueued"], 0);
 
         let bad = serde_json::json!({"mode": "reconcle"});

@@ -92,10 +92,12 @@ macro_rules! bookings_due {
 
 const CLIENTS_BY_ID: &str = clients_due!("WHERE id = ANY($1)");
 const BOOKINGS_BY_ID: &str = bookings_due!("WHERE id = ANY($1)");
-const CLIENTS_PAGE: &str =
-    clients_due!("WHERE id > coalesce($1, '00000000-0000-0000-0000-000000000000'::uuid) ORDER BY id LIMIT $2");
-const BOOKINGS_PAGE: &str =
-    bookings_due!("WHERE id > coalesce($1, '00000000-0000-0000-0000-000000000000'::uuid) ORDER BY id LIMIT $2");
+const CLIENTS_PAGE: &str = clients_due!(
+    "WHERE id > coalesce($1, '00000000-0000-0000-0000-000000000000'::uuid) ORDER BY id LIMIT $2"
+);
+const BOOKINGS_PAGE: &str = bookings_due!(
+    "WHERE id > coalesce($1, '00000000-0000-0000-0000-000000000000'::uuid) ORDER BY id LIMIT $2"
+);
 
 /// Which table a statement looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

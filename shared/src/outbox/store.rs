@@ -286,7 +286,9 @@ impl Synced {
     /// The rows that were sent: their state may have moved on meanwhile.
     fn sent(&self) -> Vec<Uuid> {
         let sent = self.ids.iter().zip(&self.fingerprints);
-        sent.filter(|(_, f)| f.is_some()).map(|(id, _)| *id).collect()
+        sent.filter(|(_, f)| f.is_some())
+            .map(|(id, _)| *id)
+            .collect()
     }
 }
 
@@ -321,8 +323,13 @@ async fn apply_effects(
     }
     erp::clients::set_zoho_contact_ids(tx, &clients.ids, &clients.zoho_ids, &clients.fingerprints)
         .await?;
-    erp::bookings::set_sales_orders(tx, &bookings.ids, &bookings.zoho_ids, &bookings.fingerprints)
-        .await?;
+    erp::bookings::set_sales_orders(
+        tx,
+        &bookings.ids,
+        &bookings.zoho_ids,
+        &bookings.fingerprints,
+    )
+    .await?;
     erp::bookings::mark_sync_failed(tx, &failed_bookings).await?;
     lockstep::enqueue_changed(tx, Table::Clients, &clients.sent()).await?;
     lockstep::enqueue_changed(tx, Table::Bookings, &bookings.sent()).await?;

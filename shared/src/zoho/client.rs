@@ -177,8 +177,13 @@ impl ZohoClient {
             "duplicate_check_fields": duplicate_check_fields,
             "trigger": [],
         });
-        self.batch(Method::POST, &format!("{module}/upsert"), records.len(), &body)
-            .await
+        self.batch(
+            Method::POST,
+            &format!("{module}/upsert"),
+            records.len(),
+            &body,
+        )
+        .await
     }
 
     /// `PUT /crm/v8/{module}` with up to 100 records, each naming the record

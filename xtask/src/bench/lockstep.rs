@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use sandbox::zoho::{ZohoOptions, ZohoSandbox, ENDPOINT_TOKEN};
 use serde_json::{json, Map, Value};
 use shared::{
@@ -23,13 +23,14 @@ use shared::{
         lockstep::{enqueue_changed, Table},
         reconcile, Drain, ReconcileLimits,
     },
-    platform::{config::Config, deadline::Deadline, flags::FeatureFlags, secrets::ZohoSecret},
-    zoho::{LazyZohoClient, ZohoClient},
+    platform::{deadline::Deadline, flags::FeatureFlags},
+    zoho::LazyZohoClient,
 };
 use testkit::TestDb;
 use uuid::Uuid;
 
 use super::{
+    outbox::{default_config, zoho_client},
     table::{Quantity, RowBuilder},
     Bench,
 };
@@ -66,7 +67,12 @@ async fn seed_in_step(
         c.execute(
             "UPDATE clients c SET zoho_contact_id = u.zid
                FROM unnest($1::text[], $2::text[]) AS u(old, zid) WHERE c.zoho_contact_id = u.old",
-            &[&(1..=contacts.len()).map(|i| format!("ZC{i}")).collect::<Vec<_>>(), &contacts],
+            &[
+                &(1..=contacts.len())
+                    .map(|i| format!("ZC{i}"))
+                    .collect::<Vec<_>>(),
+                &contacts,
+            ],
         )
         .await?;
         c.execute(
@@ -119,18 +125,25 @@ async fn apply_changes(
     to: usize,
 ) -> Result<()> {
     let ids: Vec<Uuid> = entities[from..to].to_vec();
-    let ks: Vec<i32> = (from..to).map(|i| (round * entities.len() + i) as i32).collect();
+    let ks: Vec<i32> = (from..to)
+        .map(|i| (round * entities.len() + i) as i32)
+        .collect();
     let mut c = db.client().await;
     let tx = c.transaction().await?;
     tx.execute(CHANGES[round], &[&ids, &ks]).await?;
-    let table = if round == 0 { Table::Clients } else { Table::Bookings };
+    let table = if round == 0 {
+        Table::Clients
+    } else {
+        Table::Bookings
+    };
     enqueue_changed(&tx, table, &ids).await?;
     tx.commit().await?;
     Ok(())
 }
 
-/// Drains until nothing is due; the rows sent.
-async fn drain_all(drain: &Drain) -> Result<u64> {
+/// Drains until nothing is due (one scheduled run does, unless it stopped
+/// early); the rows sent. A failed row fails the benchmark.
+pub(super) async fn drain_all(drain: &Drain) -> Result<u64> {
     let mut drained = 0;
     for _ in 0..20 {
         let report = drain
@@ -149,15 +162,10 @@ async fn drain_all(drain: &Drain) -> Result<u64> {
 }
 
 fn drain(db: &TestDb, z: &ZohoSandbox) -> Result<Drain> {
-    let url = db.url.clone();
-    let mut cfg = Config::from_lookup(&[], move |k| (k == "DATABASE_URL").then(|| url.clone()))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut cfg = default_config(&db.url)?;
     // Orders need a product for their line item (ZOHO_PRODUCT_ID).
     cfg.zoho.product_id = Some("5725767000011358006".into());
-    let secret: ZohoSecret =
-        serde_json::from_value(z.secret_json()).context("sandbox secret shape")?;
-    let client =
-        ZohoClient::new(secret, cfg.zoho.clone(), db.pool()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let client = zoho_client(db, z, &cfg)?;
     let pool = db.pool();
     Ok(Drain::new(
         pool.clone(),
@@ -168,7 +176,10 @@ fn drain(db: &TestDb, z: &ZohoSandbox) -> Result<Drain> {
 }
 
 fn record(pairs: &[(&str, String)]) -> Map<String, Value> {
-    pairs.iter().map(|(k, v)| (k.to_string(), json!(v))).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), json!(v)))
+        .collect()
 }
 
 /// `n` mixed changes drained into Zoho: (CRM calls, rows drained).
@@ -196,7 +207,9 @@ async fn changes_run(n: usize) -> Result<(u64, u64)> {
         }
         drained += drain_all(&drain).await?;
     }
-    let left = db.count("integrations_outbox WHERE status <> 'succeeded'").await;
+    let left = db
+        .count("integrations_outbox WHERE status <> 'succeeded'")
+        .await;
     if left > 0 {
         bail!("{left} outbox rows were not sent");
     }
@@ -204,7 +217,12 @@ async fn changes_run(n: usize) -> Result<(u64, u64)> {
     if s.contacts.len() != e || s.sales_orders.len() != e {
         bail!("Zoho gained records: updates must not create any");
     }
-    let calls = s.calls.iter().filter(|(k, _)| *k != ENDPOINT_TOKEN).map(|(_, v)| *v).sum();
+    let calls = s
+        .calls
+        .iter()
+        .filter(|(k, _)| *k != ENDPOINT_TOKEN)
+        .map(|(_, v)| *v)
+        .sum();
     Ok((calls, drained))
 }
 

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::{
     load::{self, Clients},
-    plan::{self, RecordState, Plan, ReadyOrder},
+    plan::{self, Plan, ReadyOrder, RecordState},
     records::{contact_record, order_record},
     Drain, StopReason,
 };
@@ -242,7 +242,9 @@ impl<'a> Batch<'a> {
             .is_some_and(|o| o.booking.zoho_sales_order_id.is_some());
         let call = async {
             if by_id {
-                self.zoho.update_records(MODULE_SALES_ORDERS, &records).await
+                self.zoho
+                    .update_records(MODULE_SALES_ORDERS, &records)
+                    .await
             } else {
                 let key = [settings.sales_order_unique_field.clone()];
                 let module = MODULE_SALES_ORDERS;

@@ -18,8 +18,9 @@ use rand::Rng;
 use serde_json::{json, Map, Value};
 
 use super::{
-    updates, Faults, SandboxState, Shared, State, StoredRecord, TokenInfo,
-    ENDPOINT_CONTACTS_UPSERT, ENDPOINT_SALES_ORDERS, ENDPOINT_TOKEN,
+    updates::{self, Module},
+    Faults, SandboxState, Shared, State, StoredRecord, TokenInfo, ENDPOINT_CONTACTS_UPSERT,
+    ENDPOINT_SALES_ORDERS, ENDPOINT_TOKEN,
 };
 
 /// Zoho's limit on records per insert/upsert call.
@@ -31,12 +32,19 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/oauth/v2/token", post(token))
         .route("/crm/v8/Contacts/upsert", post(upsert_contacts))
-        .route("/crm/v8/Contacts", put(updates::update_contacts))
+        .route(
+            "/crm/v8/Contacts",
+            put(|st, h, b| updates::update(st, Module::Contacts, h, b)),
+        )
         .route(
             "/crm/v8/Sales_Orders",
-            post(create_sales_orders).put(updates::update_sales_orders),
+            post(create_sales_orders)
+                .put(|st, h, b| updates::update(st, Module::SalesOrders, h, b)),
         )
-        .route("/crm/v8/Sales_Orders/upsert", post(updates::upsert_sales_orders))
+        .route(
+            "/crm/v8/Sales_Orders/upsert",
+            post(updates::upsert_sales_orders),
+        )
         .route("/_sandbox/state", get(state))
         .route("/_sandbox/faults", get(get_faults).post(set_faults))
         .route("/_sandbox/expire-tokens", post(expire_tokens))
@@ -447,14 +455,7 @@ async fn upsert_contacts(
         Err(r) => return *r,
     };
     let mut s = shared.lock();
-    let dup_fields: Vec<String> = match doc.get("duplicate_check_fields").and_then(Value::as_array)
-    {
-        Some(a) => a
-            .iter()
-            .filter_map(|f| f.as_str().map(str::to_string))
-            .collect(),
-        None => s.opts.default_contact_duplicate_fields.clone(),
-    };
+    let dup_fields = duplicate_check_fields(&doc, &s.opts.default_contact_duplicate_fields);
     let items: Vec<Value> = data
         .iter()
         .enumerate()
@@ -462,6 +463,17 @@ async fn upsert_contacts(
         .collect();
     let status = batch_status(&items, StatusCode::OK);
     (status, Json(json!({"data": items}))).into_response()
+}
+
+/// The request's `duplicate_check_fields`, or the module's default.
+pub(super) fn duplicate_check_fields(doc: &Value, default: &[String]) -> Vec<String> {
+    match doc.get("duplicate_check_fields").and_then(Value::as_array) {
+        Some(a) => a
+            .iter()
+            .filter_map(|f| f.as_str().map(str::to_string))
+            .collect(),
+        None => default.to_vec(),
+    }
 }
 
 fn upsert_one(s: &mut State, i: usize, rec: &Value, dup_fields: &[String]) -> Value {

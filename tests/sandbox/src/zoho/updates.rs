@@ -17,8 +17,8 @@ use serde_json::{json, Map, Value};
 
 use super::{
     handlers::{
-        admit, batch_status, create_order, field_text, record_error, record_object,
-        success_details, unknown_contact,
+        admit, batch_status, create_order, duplicate_check_fields, field_text, record_error,
+        record_object, success_details, unknown_contact,
     },
     Shared, State, ENDPOINT_CONTACTS_UPDATE, ENDPOINT_SALES_ORDERS_UPDATE,
     ENDPOINT_SALES_ORDERS_UPSERT,
@@ -26,41 +26,28 @@ use super::{
 
 /// Which module a call writes.
 #[derive(Clone, Copy)]
-enum Module {
+pub(super) enum Module {
     Contacts,
     SalesOrders,
 }
 
-pub(super) async fn update_contacts(
-    AxState(shared): AxState<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    update(shared, Module::Contacts, ENDPOINT_CONTACTS_UPDATE, headers, body).await
+impl Module {
+    fn update_endpoint(self) -> &'static str {
+        match self {
+            Module::Contacts => ENDPOINT_CONTACTS_UPDATE,
+            Module::SalesOrders => ENDPOINT_SALES_ORDERS_UPDATE,
+        }
+    }
 }
 
-pub(super) async fn update_sales_orders(
+/// `PUT /crm/v8/{module}`: records updated by id.
+pub(super) async fn update(
     AxState(shared): AxState<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    update(
-        shared,
-        Module::SalesOrders,
-        ENDPOINT_SALES_ORDERS_UPDATE,
-        headers,
-        body,
-    )
-    .await
-}
-
-async fn update(
-    shared: Arc<Shared>,
     module: Module,
-    endpoint: &str,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let endpoint = module.update_endpoint();
     let (_guard, _, data) = match admit(&shared, endpoint, &headers, &body).await {
         Ok(v) => v,
         Err(r) => return *r,
@@ -142,14 +129,8 @@ pub(super) async fn upsert_sales_orders(
             Err(r) => return *r,
         };
     let mut s = shared.lock();
-    let dup_fields: Vec<String> = match doc.get("duplicate_check_fields").and_then(Value::as_array)
-    {
-        Some(a) => a
-            .iter()
-            .filter_map(|f| f.as_str().map(str::to_string))
-            .collect(),
-        None => vec![s.opts.sales_order_unique_field.clone()],
-    };
+    let default = [s.opts.sales_order_unique_field.clone()];
+    let dup_fields = duplicate_check_fields(&doc, &default);
     let items: Vec<Value> = data
         .iter()
         .enumerate()
