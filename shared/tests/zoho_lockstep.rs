@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use sandbox::zoho::{
     SandboxState, ZohoOptions, ZohoSandbox, ENDPOINT_CONTACTS_UPDATE, ENDPOINT_CONTACTS_UPSERT,
-    ENDPOINT_SALES_ORDERS, ENDPOINT_SALES_ORDERS_UPDATE,
+    ENDPOINT_SALES_ORDERS, ENDPOINT_SALES_ORDERS_UPDATE, ENDPOINT_SALES_ORDERS_UPSERT,
 };
 use serde_json::Value;
 use shared::{
@@ -297,4 +297,98 @@ async fn a_reconcile_cut_short_resumes_where_it_stopped() {
     // Clients: 10, 10, 5; bookings: 10, 10, 5: six pages, 50 rows queued once.
     assert_eq!((pages, enqueued), (6, 50));
     assert_eq!(pending(&db).await, 50);
+}
+
+#[tokio::test]
+async fn a_change_made_while_its_update_is_in_flight_is_sent_next() {
+    let (db, z, d) = synced().await;
+    let mut first = lead(1, 20);
+    first.price = Some(1100);
+    apply(&db, &first, &contact(1, 10)).await;
+    z.set_latency(Duration::from_millis(1000));
+    let change = async {
+        // Lands while the drain's PUT is in flight: the live row absorbs it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut second = lead(1, 30);
+        second.price = Some(1200);
+        apply(&db, &second, &contact(1, 10)).await
+    };
+    let (_, e) = tokio::join!(run(&d), change);
+    assert!(e.sales_order_update, "{e:?}");
+
+    // Settling found the newer state and queued it; the same run sent it.
+    let s = z.state();
+    let price = &s.sales_orders[0].fields["Ordered_Items"][0]["List_Price"];
+    assert_eq!(price, 1200.0);
+    assert_eq!(s.calls_to(ENDPOINT_SALES_ORDERS_UPDATE), 2);
+    assert_eq!(pending(&db).await, 0);
+    assert_eq!(reconciled(&db).await.enqueued, 0, "in step");
+}
+
+#[tokio::test]
+async fn an_order_update_without_its_zoho_id_is_upserted_on_the_booking_id() {
+    let (db, z, d) = synced().await;
+    let order_id = z.state().sales_orders[0].id.clone();
+    let c = db.client().await;
+    let booking: uuid::Uuid = c
+        .query_one(
+            "UPDATE bookings SET zoho_sales_order_id = NULL, total_amount = 1800 RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    c.execute(
+        "INSERT INTO integrations_outbox
+                (entity_type, entity_id, target_system, event_type, payload, dedupe_key)
+         SELECT 'booking', id, 'zoho', 'sales_order.update',
+                jsonb_build_object('booking_id', id, 'client_id', client_id),
+                'sales_order.update:' || id
+           FROM bookings WHERE id = $1",
+        &[&booking],
+    )
+    .await
+    .unwrap();
+    run(&d).await;
+
+    let s = z.state();
+    assert_eq!(s.calls_to(ENDPOINT_SALES_ORDERS_UPSERT), 1);
+    assert_eq!(s.sales_orders.len(), 1, "matched on ERP_Booking_Id");
+    let price = &s.sales_orders[0].fields["Ordered_Items"][0]["List_Price"];
+    assert_eq!(price, 1800.0);
+    let stored: Option<String> = c
+        .query_one(
+            "SELECT zoho_sales_order_id FROM bookings WHERE id = $1",
+            &[&booking],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, Some(order_id));
+}
+
+#[tokio::test]
+async fn an_excluded_status_cancels_the_order() {
+    let (db, z, d) = synced().await;
+    let mut l = lead(1, 20);
+    l.excluded = true;
+    l.status_id = 143;
+    l.booking_status = "cancelled".into();
+    let mut conn = db.pooled().await;
+    let tx = conn.transaction().await.unwrap();
+    let out = apply_lead(&tx, &l, Some(&contact(1, 10))).await.unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        matches!(
+            out,
+            LeadOutcome::Excluded {
+                deactivated: Some(_)
+            }
+        ),
+        "{out:?}"
+    );
+    run(&d).await;
+    let s = z.state();
+    assert_eq!(text(&s.sales_orders[0], "Status"), Some("Cancelled"));
+    assert_eq!(text(&s.sales_orders[0], "ERP_Status"), Some("cancelled"));
 }
