@@ -185,7 +185,7 @@ pub async fn handle(
     let trigger = Trigger::from_payload(&event.payload);
     let deadline = drain.deadline_in(time_left_of(&event.context));
     if let Mode::Reconcile(limits) = mode {
-        return reconcile(upkeep, deadline, limits, &event.context).await;
+        return reconcile(drain, deadline, limits, &event.context).await;
     }
     tracing::info!(trigger = trigger.kind(), ?trigger, "outbox drain started");
     let report = drain.run(deadline).await.inspect_err(|e| {
@@ -219,13 +219,13 @@ pub async fn handle(
 /// One reconcile: queues the work of every client and booking Zoho is
 /// behind on; the drain's ticks send it.
 async fn reconcile(
-    upkeep: &Upkeep,
+    drain: &Drain,
     deadline: shared::platform::deadline::Deadline,
     limits: ReconcileLimits,
     ctx: &lambda_runtime::Context,
 ) -> Result<Value, HandlerError> {
-    let mut conn = upkeep.pool.get().await.map_err(OutboxError::from)?;
-    let report = outbox::reconcile(&mut conn, deadline, limits)
+    let report = drain
+        .reconcile(deadline, limits)
         .await
         .inspect_err(|e| tracing::error!(error = %e, "zoho reconcile failed"))?;
     let mut metrics = Metrics::new("KommoZoho", "outbox-drain");
@@ -388,7 +388,12 @@ mod tests {
         let tick = LambdaEvent::new(sample("outbox-drain-schedule.json"), Default::default());
         handle(&drain, &upkeep, tick).await.unwrap();
         assert_eq!(outbox_row(&db, client_id).await.0, "succeeded");
+        // Still off: reconciling would only queue more stubs.
+        let event = LambdaEvent::new(sample("outbox-drain-reconcile.json"), Default::default());
+        let out = handle(&drain, &upkeep, event).await.unwrap();
+        assert_eq!(out["skipped"], "enableZohoLive is off", "{out}");
 
+        db.set_flag("enableZohoLive", true).await;
         let reconcile = sample("outbox-drain-reconcile.json");
         let event = LambdaEvent::new(reconcile.clone(), Default::default());
         let out = handle(&drain, &upkeep, event).await.unwrap();

@@ -29,7 +29,7 @@ use crate::platform::db::DbError;
 
 pub use backoff::backoff;
 pub use drain::{Drain, DrainReport, StopReason};
-pub use reconcile::{reconcile, ReconcileLimits, ReconcileReport};
+pub use reconcile::{reconcile, reconcile_live, ReconcileLimits, ReconcileReport};
 pub use store::{
     claim, counts_by_event, requeue_failed, rescue_expired, status_counts, ClaimedRow,
 };

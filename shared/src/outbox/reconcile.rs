@@ -8,6 +8,7 @@
 //! pass cut short by its page budget or the deadline resumes where it
 //! stopped; the cursor row's lock makes concurrent reconciles take turns;
 //! the dedupe key makes it safe beside the drain. Rows in step queue nothing.
+//! Deployed functions run [`reconcile_live`], which waits for `enableZohoLive`.
 
 use serde::Serialize;
 use uuid::Uuid;
@@ -16,7 +17,10 @@ use super::{
     lockstep::{enqueue_page, Table},
     OutboxError,
 };
-use crate::platform::deadline::Deadline;
+use crate::platform::{
+    deadline::Deadline,
+    flags::{FeatureFlags, Flag},
+};
 
 /// Rows looked at per statement: 50,000 in-step bookings take ten pages.
 pub const DEFAULT_PAGE_ROWS: i64 = 5_000;
@@ -50,6 +54,28 @@ pub struct ReconcileReport {
     /// True when a pass reached the end of `bookings`; false when the budget
     /// or the deadline stopped it first (the next reconcile resumes it).
     pub complete: bool,
+    /// Why nothing was looked at, when nothing was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+}
+
+/// The reconcile of a deployed function: none while `enableZohoLive` is off,
+/// because the work would only be stubbed (and re-queued by every daily
+/// reconcile); going live runs one.
+pub async fn reconcile_live(
+    conn: &mut tokio_postgres::Client,
+    flags: &FeatureFlags,
+    deadline: Deadline,
+    limits: ReconcileLimits,
+) -> Result<ReconcileReport, OutboxError> {
+    if !flags.is_enabled(Flag::ZohoLive).await? {
+        tracing::info!("zoho reconcile skipped: enableZohoLive is off");
+        return Ok(ReconcileReport {
+            skipped: Some("enableZohoLive is off".into()),
+            ..ReconcileReport::default()
+        });
+    }
+    reconcile(conn, deadline, limits).await
 }
 
 /// Runs pages on `conn` until a pass completes, `limits.max_pages` pages

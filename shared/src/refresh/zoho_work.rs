@@ -9,11 +9,8 @@
 use std::time::Duration;
 
 use crate::{
-    outbox::{reconcile, ReconcileLimits, ReconcileReport},
-    platform::{
-        deadline::Deadline,
-        flags::{FeatureFlags, Flag},
-    },
+    outbox::{reconcile_live, ReconcileLimits, ReconcileReport},
+    platform::{deadline::Deadline, flags::FeatureFlags},
 };
 
 /// How long the worker's reconcile after a swap may take; the daily
@@ -30,16 +27,8 @@ pub async fn after_swap(
     flags: &FeatureFlags,
     budget: Duration,
 ) -> Option<ReconcileReport> {
-    match flags.is_enabled(Flag::ZohoLive).await {
-        Ok(true) => {}
-        Ok(false) => return None,
-        Err(e) => {
-            tracing::warn!(error = %e, "zoho flag unreadable; reconcile after the swap skipped");
-            return None;
-        }
-    }
     let deadline = Deadline::after(budget, Duration::ZERO);
-    match reconcile(client, deadline, ReconcileLimits::default()).await {
+    match reconcile_live(client, flags, deadline, ReconcileLimits::default()).await {
         Ok(report) => Some(report),
         Err(e) => {
             tracing::warn!(error = %e, "zoho reconcile after the swap failed; the daily one catches up");
