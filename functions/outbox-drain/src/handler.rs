@@ -141,30 +141,31 @@ impl Upkeep {
                 .map(|(_, n)| n)
                 .sum()
         };
+        use outbox::{
+            EVENT_CONTACT_UPDATE as C_UPDATE, EVENT_CONTACT_UPSERT as C_UPSERT,
+            EVENT_SALES_ORDER_CREATE as O_CREATE, EVENT_SALES_ORDER_UPDATE as O_UPDATE,
+        };
+        // Literal names, so the template's watch list can be checked against them.
         for (status, event, name) in [
             ("pending", None, "outbox_pending"),
             ("processing", None, "outbox_processing"),
             ("failed", None, "outbox_failed"),
+            ("pending", Some(C_UPSERT), "outbox_pending_contact_upsert"),
+            ("pending", Some(C_UPDATE), "outbox_pending_contact_update"),
             (
                 "pending",
-                Some("contact.upsert"),
-                "outbox_pending_contact_upsert",
-            ),
-            (
-                "pending",
-                Some("sales_order.create"),
+                Some(O_CREATE),
                 "outbox_pending_sales_order_create",
             ),
             (
-                "failed",
-                Some("contact.upsert"),
-                "outbox_failed_contact_upsert",
+                "pending",
+                Some(O_UPDATE),
+                "outbox_pending_sales_order_update",
             ),
-            (
-                "failed",
-                Some("sales_order.create"),
-                "outbox_failed_sales_order_create",
-            ),
+            ("failed", Some(C_UPSERT), "outbox_failed_contact_upsert"),
+            ("failed", Some(C_UPDATE), "outbox_failed_contact_update"),
+            ("failed", Some(O_CREATE), "outbox_failed_sales_order_create"),
+            ("failed", Some(O_UPDATE), "outbox_failed_sales_order_update"),
         ] {
             m.set(name, count(status, event) as f64, Unit::Count);
         }
