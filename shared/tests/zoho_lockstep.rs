@@ -392,3 +392,26 @@ async fn an_excluded_status_cancels_the_order() {
     assert_eq!(text(&s.sales_orders[0], "Status"), Some("Cancelled"));
     assert_eq!(text(&s.sales_orders[0], "ERP_Status"), Some("cancelled"));
 }
+
+#[tokio::test]
+async fn a_late_contact_upsert_of_a_known_contact_updates_it_by_id() {
+    let (db, z, d) = synced().await;
+    let c = db.client().await;
+    // An upsert row queued before the contact got its id, sent after the
+    // email changed: matched on email it would make a second contact.
+    c.batch_execute(
+        "UPDATE clients SET email = 'late@example.com';
+         INSERT INTO integrations_outbox
+                (entity_type, entity_id, target_system, event_type, payload, dedupe_key)
+         SELECT 'client', id, 'zoho', 'contact.upsert', jsonb_build_object('client_id', id),
+                'contact.upsert:' || id
+           FROM clients;",
+    )
+    .await
+    .unwrap();
+    run(&d).await;
+    let s = z.state();
+    assert_eq!(s.contacts.len(), 1);
+    assert_eq!(text(&s.contacts[0], "Email"), Some("late@example.com"));
+    assert_eq!(s.calls_to(ENDPOINT_CONTACTS_UPDATE), 1);
+}

@@ -168,8 +168,10 @@ impl Plan {
         for row in sorted.contacts {
             if let Some(c) = clients.get(&row.entity_id) {
                 if queued.insert(row.entity_id) {
-                    // An update without a known id (never expected) upserts.
-                    if row.event_type == EVENT_CONTACT_UPDATE && c.zoho_contact_id.is_some() {
+                    // A known contact is updated by its id, whatever the row
+                    // says: an upsert matches on email, and a changed email
+                    // would make a second contact. Without an id, upsert.
+                    if c.zoho_contact_id.is_some() {
                         plan.to_update.push(row.entity_id);
                     } else {
                         plan.to_send.push(row.entity_id);
