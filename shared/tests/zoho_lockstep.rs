@@ -251,6 +251,9 @@ async fn stubbed_bookings_reach_zoho_once_after_the_flag_and_a_reconcile() {
         .iter()
         .chain(&s.sales_orders)
         .all(|r| r.writes == 1));
+    // 100 contacts and 100 orders, each group in one call.
+    assert_eq!(s.calls_to(ENDPOINT_CONTACTS_UPSERT), 1);
+    assert_eq!(s.calls_to(ENDPOINT_SALES_ORDERS), 1);
     let synced = db
         .client()
         .await

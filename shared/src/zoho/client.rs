@@ -25,6 +25,9 @@ use crate::{
 /// Zoho's limit on records per insert/upsert call.
 pub const MAX_RECORDS_PER_CALL: usize = 100;
 
+/// The `action` of a created sales order that an earlier attempt created.
+pub const ACTION_EXISTING: &str = "existing";
+
 /// One record's outcome in a batch call; index i answers request record i.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecordResult {
@@ -218,35 +221,61 @@ impl ZohoClient {
         Ok(items.iter().map(record_result).collect())
     }
 
-    /// `POST /crm/v8/Sales_Orders` with one record. `DUPLICATE_DATA` on the
-    /// configured unique field means an earlier attempt created it: success.
+    /// `POST /crm/v8/Sales_Orders` with up to 100 records; one result per
+    /// record, in request order. `DUPLICATE_DATA` on the configured unique
+    /// field means an earlier attempt created the order: a success whose
+    /// `action` is `existing`, with that order's id.
+    pub async fn create_sales_orders(
+        &self,
+        records: &[Value],
+    ) -> Result<Vec<RecordResult>, ZohoError> {
+        let body = json!({"data": records, "trigger": []});
+        let results = self
+            .batch(Method::POST, "Sales_Orders", records.len(), &body)
+            .await?;
+        Ok(results
+            .into_iter()
+            .map(|r| self.existing_order(r))
+            .collect())
+    }
+
+    /// `POST /crm/v8/Sales_Orders` with one record (see [`Self::create_sales_orders`]).
     pub async fn create_sales_order(&self, record: &Value) -> Result<SalesOrder, ZohoError> {
-        let body = json!({"data": [record], "trigger": []});
-        let doc = self.send(Method::POST, "Sales_Orders", &body).await?;
-        let items = data_items(&doc, 1)?;
-        match record_result(&items[0]) {
-            RecordResult::Success { id, raw, .. } => Ok(SalesOrder {
+        let mut results = self
+            .create_sales_orders(std::slice::from_ref(record))
+            .await?;
+        match results.remove(0) {
+            RecordResult::Success { id, action, raw } => Ok(SalesOrder {
                 id,
-                already_existed: false,
+                already_existed: action.as_deref() == Some(ACTION_EXISTING),
                 raw,
             }),
+            RecordResult::Failure(e) if self.is_unique_duplicate(&e) => Err(ZohoError::Malformed(
+                "DUPLICATE_DATA without the existing record's id".into(),
+            )),
+            RecordResult::Failure(e) => Err(ZohoError::Record(Box::new(e))),
+        }
+    }
+
+    fn is_unique_duplicate(&self, e: &RecordError) -> bool {
+        e.code == "DUPLICATE_DATA"
+            && e.api_name.as_deref() == Some(self.settings.sales_order_unique_field.as_str())
+    }
+
+    /// A create refused because the unique field names an existing order is
+    /// that order: the retry of a create whose answer was lost.
+    fn existing_order(&self, r: RecordResult) -> RecordResult {
+        match r {
             RecordResult::Failure(e)
-                if e.code == "DUPLICATE_DATA"
-                    && e.api_name.as_deref()
-                        == Some(self.settings.sales_order_unique_field.as_str()) =>
+                if self.is_unique_duplicate(&e) && e.duplicate_id.is_some() =>
             {
-                match e.duplicate_id.clone() {
-                    Some(id) => Ok(SalesOrder {
-                        id,
-                        already_existed: true,
-                        raw: e.raw,
-                    }),
-                    None => Err(ZohoError::Malformed(
-                        "DUPLICATE_DATA without the existing record's id".into(),
-                    )),
+                RecordResult::Success {
+                    id: e.duplicate_id.clone().unwrap_or_default(),
+                    action: Some(ACTION_EXISTING.into()),
+                    raw: e.raw,
                 }
             }
-            RecordResult::Failure(e) => Err(ZohoError::Record(Box::new(e))),
+            other => other,
         }
     }
 

@@ -1,14 +1,13 @@
 //! One claimed batch sent to Zoho: contacts first (upserted, or updated by
-//! their id, in calls of at most 100, `zoho_concurrency` at a time), then the
-//! sales orders that needed them: new ones created one by one, changed ones
-//! updated by id (or upserted on the booking-id field) 100 to a call.
+//! their id), then the sales orders that needed them (created, updated by
+//! id, or upserted on the booking-id field), always in calls of at most 100,
+//! `zoho_concurrency` at a time.
 //! The first throttle, 429, broken credential or near deadline stops every
 //! call that has not started; its rows are handed back uncharged.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use futures::{stream, StreamExt};
@@ -23,7 +22,7 @@ use super::{
 };
 use crate::{
     outbox::{
-        store::{ClaimedRow, Effect, Outcome, Settlement},
+        store::{ClaimedRow, Effect, Settlement},
         OutboxError, EVENT_SALES_ORDER_UPDATE,
     },
     platform::{config::ZohoSettings, deadline::Deadline},
@@ -122,16 +121,7 @@ impl<'a> Batch<'a> {
                 "ZOHO_PRODUCT_ID is not set: sales orders need a product".into(),
             );
         }
-        let (updates, creates): (Vec<ReadyOrder>, Vec<ReadyOrder>) = ready
-            .into_iter()
-            .partition(|o| o.row.event_type == EVENT_SALES_ORDER_UPDATE);
-        let results: Vec<Settlement> = stream::iter(creates)
-            .map(|order| self.send_order(order))
-            .buffer_unordered(settings.zoho_concurrency.max(1))
-            .collect()
-            .await;
-        out.extend(results);
-        out.extend(self.send_order_updates(updates).await);
+        out.extend(self.send_orders(ready).await);
         Ok(out)
     }
 
@@ -202,14 +192,16 @@ impl<'a> Batch<'a> {
         chunk.into_iter().map(|(id, _)| id).zip(states).collect()
     }
 
-    /// Changed orders, 100 to a call: updated by their Zoho id, or upserted
-    /// on the booking-id field when the id is unknown.
-    async fn send_order_updates(&self, orders: Vec<ReadyOrder>) -> Vec<Settlement> {
-        let (by_id, by_key): (Vec<ReadyOrder>, Vec<ReadyOrder>) = orders
-            .into_iter()
-            .partition(|o| o.booking.zoho_sales_order_id.is_some());
+    /// Orders, 100 to a call, `zoho_concurrency` calls at a time: new ones
+    /// created, changed ones updated by their Zoho id, or upserted on the
+    /// booking-id field when the id is unknown.
+    async fn send_orders(&self, orders: Vec<ReadyOrder>) -> Vec<Settlement> {
+        let mut groups: [Vec<ReadyOrder>; 3] = Default::default();
+        for o in orders {
+            groups[OrderCall::of(&o) as usize].push(o);
+        }
         let mut chunks: Vec<Vec<ReadyOrder>> = Vec::new();
-        for group in [by_id, by_key] {
+        for group in groups {
             let mut rest = group.into_iter().peekable();
             while rest.peek().is_some() {
                 chunks.push(rest.by_ref().take(MAX_RECORDS_PER_CALL).collect());
@@ -224,31 +216,33 @@ impl<'a> Batch<'a> {
         per_chunk.into_iter().flatten().collect()
     }
 
-    /// One call of changed orders that all have, or all lack, a Zoho id.
+    /// One call of orders that all go the same way ([`OrderCall`]).
     async fn send_order_chunk(&self, chunk: Vec<ReadyOrder>) -> Vec<Settlement> {
         let settings = self.settings();
+        let how = chunk.first().map_or(OrderCall::Create, OrderCall::of);
         let records: Vec<Value> = chunk
             .iter()
             .map(|o| {
                 let mut rec = order_record(o.row.entity_id, &o.contact_id, &o.booking, settings);
-                if let Some(id) = &o.booking.zoho_sales_order_id {
+                if let (OrderCall::UpdateById, Some(id)) = (how, &o.booking.zoho_sales_order_id) {
                     rec["id"] = json!(id);
                 }
                 rec
             })
             .collect();
-        let by_id = chunk
-            .first()
-            .is_some_and(|o| o.booking.zoho_sales_order_id.is_some());
         let call = async {
-            if by_id {
-                self.zoho
-                    .update_records(MODULE_SALES_ORDERS, &records)
-                    .await
-            } else {
-                let key = [settings.sales_order_unique_field.clone()];
-                let module = MODULE_SALES_ORDERS;
-                self.zoho.upsert_records(module, &records, &key).await
+            match how {
+                OrderCall::Create => self.zoho.create_sales_orders(&records).await,
+                OrderCall::UpdateById => {
+                    self.zoho
+                        .update_records(MODULE_SALES_ORDERS, &records)
+                        .await
+                }
+                OrderCall::UpsertByKey => {
+                    let key = [settings.sales_order_unique_field.clone()];
+                    let module = MODULE_SALES_ORDERS;
+                    self.zoho.upsert_records(module, &records, &key).await
+                }
             }
         };
         let states = self.call_chunk(records.len(), call).await;
@@ -257,6 +251,12 @@ impl<'a> Batch<'a> {
             .into_iter()
             .zip(states)
             .map(|(o, state)| {
+                let state = match (how, state) {
+                    (OrderCall::Create, RecordState::Synced { zoho_id, raw }) => {
+                        created(zoho_id, raw)
+                    }
+                    (_, other) => other,
+                };
                 let booking_id = o.row.entity_id;
                 let fingerprint = Some(o.booking.fingerprint.clone());
                 let on_success = |zoho_id: &str| Effect::SalesOrder {
@@ -310,58 +310,36 @@ impl<'a> Batch<'a> {
         }
         Ok(())
     }
+}
 
-    async fn send_order(&self, order: ReadyOrder) -> Settlement {
-        let ReadyOrder {
-            row,
-            booking,
-            contact_id,
-            contact_effect,
-        } = order;
-        let mut effects: Vec<Effect> = contact_effect.into_iter().collect();
-        let outcome = if let Some(reason) = self.hold() {
-            Outcome::Uncharged {
-                reason: Some(reason),
-                delay: Duration::ZERO,
-            }
-        } else {
-            let record = order_record(row.entity_id, &contact_id, &booking, self.settings());
-            match self.zoho.create_sales_order(&record).await {
-                Ok(so) => {
-                    effects.push(Effect::SalesOrder {
-                        booking_id: row.entity_id,
-                        zoho_id: so.id.clone(),
-                        fingerprint: Some(booking.fingerprint.clone()),
-                    });
-                    Outcome::Succeeded {
-                        response: json!({
-                            "zoho_sales_order_id": so.id,
-                            "already_existed": so.already_existed,
-                            "result": so.raw,
-                        }),
-                    }
-                }
-                Err(e) => {
-                    self.observe(&e);
-                    match e.class() {
-                        ErrorClass::Retryable => {
-                            plan::retry(&self.drain.settings, &row, e.to_string())
-                        }
-                        ErrorClass::Permanent => Outcome::Failed {
-                            error: e.to_string(),
-                        },
-                        ErrorClass::Throttled | ErrorClass::Systemic => Outcome::Uncharged {
-                            reason: Some(e.to_string()),
-                            delay: Duration::ZERO,
-                        },
-                    }
-                }
-            }
-        };
-        Settlement {
-            id: row.id,
-            outcome,
-            effects,
+/// How an order goes to Zoho; the groups a batch's calls are made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OrderCall {
+    Create = 0,
+    UpdateById = 1,
+    UpsertByKey = 2,
+}
+
+impl OrderCall {
+    fn of(o: &ReadyOrder) -> Self {
+        match (o.row.event_type.as_str(), &o.booking.zoho_sales_order_id) {
+            (EVENT_SALES_ORDER_UPDATE, Some(_)) => OrderCall::UpdateById,
+            (EVENT_SALES_ORDER_UPDATE, None) => OrderCall::UpsertByKey,
+            _ => OrderCall::Create,
         }
+    }
+}
+
+/// A created order's response as the row keeps it: its id, and whether an
+/// earlier attempt had created it (`DUPLICATE_DATA` on the unique field).
+fn created(zoho_id: String, raw: Value) -> RecordState {
+    let already_existed = raw.get("code").and_then(Value::as_str) == Some("DUPLICATE_DATA");
+    RecordState::Synced {
+        raw: json!({
+            "zoho_sales_order_id": zoho_id,
+            "already_existed": already_existed,
+            "result": raw,
+        }),
+        zoho_id,
     }
 }
