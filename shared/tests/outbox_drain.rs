@@ -18,26 +18,12 @@ use uuid::Uuid;
 fn outbox_settings() -> OutboxSettings {
     OutboxSettings {
         batch_size: 200,
-        max_attempts: 5,
-        backoff_base: Duration::from_secs(30),
-        backoff_cap: Duration::from_secs(3600),
-        lease: Duration::from_secs(300),
-        zoho_concurrency: 5,
-        deadline_margin: Duration::from_secs(1),
-        defer: Duration::from_secs(60),
+        ..testkit::outbox::outbox_settings()
     }
 }
 
 fn zoho_settings() -> ZohoSettings {
-    ZohoSettings {
-        duplicate_check_fields: vec!["Email".into()],
-        sales_order_unique_field: "ERP_Booking_Id".into(),
-        product_id: Some("5725767000011358006".into()),
-        http_timeout: Duration::from_secs(5),
-        contact_key_field: None,
-        token_refresh_margin: Duration::from_secs(300),
-        throttle_circuit: Duration::from_secs(600),
-    }
+    testkit::outbox::zoho_settings("Email")
 }
 
 /// A drain as one Lambda container would have it: own pool, own token cache.

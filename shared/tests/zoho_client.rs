@@ -13,15 +13,7 @@ use shared::{
 use testkit::TestDb;
 
 fn settings() -> ZohoSettings {
-    ZohoSettings {
-        duplicate_check_fields: vec!["Email".into()],
-        sales_order_unique_field: "ERP_Booking_Id".into(),
-        product_id: Some("5725767000011358006".into()),
-        http_timeout: Duration::from_secs(5),
-        contact_key_field: None,
-        token_refresh_margin: Duration::from_secs(300),
-        throttle_circuit: Duration::from_secs(600),
-    }
+    testkit::outbox::zoho_settings("Email")
 }
 
 fn client(db: &TestDb, z: &ZohoSandbox, s: ZohoSettings) -> ZohoClient {

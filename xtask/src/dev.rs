@@ -89,6 +89,8 @@ pub fn tries(sys: &LocalSystem, lead: &SandboxLead) -> Vec<Try> {
                 // and a second start while one runs answers 409.
                 invoke("full-refresh", "full-refresh-list.json"),
                 invoke("outbox-drain", "outbox-drain-schedule.json"),
+                // Queues whatever Zoho is behind on; the next tick sends it.
+                invoke("outbox-drain", "outbox-drain-reconcile.json"),
             ],
         },
         Try {

@@ -27,7 +27,7 @@ use shared::{
     refresh::{
         runs,
         swap::{self, Decision},
-        JobQueue, RefreshError, RefreshSettings, StartOutcome,
+        zoho_work, JobQueue, RefreshError, RefreshSettings, StartOutcome,
     },
 };
 use uuid::Uuid;
@@ -224,6 +224,9 @@ impl HttpApp {
             Verdict::Approve => swap::approve(&mut client, id, sub, &self.settings).await,
             Verdict::Discard => swap::discard(&mut client, id, sub).await,
         };
+        if matches!(decision, Ok(Decision::Approved(_))) {
+            zoho_work::after_swap(&mut client, &self.flags, zoho_work::API_BUDGET).await;
+        }
         match decision {
             Ok(Decision::NotHeld) => Err(ApiError::new(
                 409,

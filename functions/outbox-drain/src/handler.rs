@@ -1,18 +1,21 @@
-//! EventBridge schedule → one drain run → EMF metrics and a JSON report.
+//! EventBridge schedule → one drain run → EMF metrics and a JSON report;
+//! `{"mode": "reconcile"}` → one reconcile (see [`crate::mode`]).
 //!
 //! EventBridge rules (`Schedule`) send a "Scheduled Event" envelope;
 //! EventBridge Scheduler (`ScheduleV2`) sends whatever `Input` the schedule
-//! has. The body only labels the run, so any JSON is accepted.
+//! has. Without a `mode` the body only labels the run.
 //!
 //! Each tick also deletes one bounded batch of expired rows
 //! ([`shared::retention`]), so retention needs no schedule of its own.
 
 use std::time::Duration;
 
+use crate::mode::Mode;
+
 use lambda_runtime::LambdaEvent;
 use serde_json::Value;
 use shared::{
-    outbox::{self, Drain, OutboxError},
+    outbox::{self, Drain, OutboxError, ReconcileLimits},
     platform::{
         db::{DbError, DbPool},
         deadline::time_left,
@@ -65,6 +68,8 @@ pub enum HandlerError {
     Drain(#[from] OutboxError),
     #[error("report could not be serialised: {0}")]
     Report(#[from] serde_json::Error),
+    #[error("outbox-drain event refused: {0}")]
+    BadEvent(String),
 }
 
 impl From<HandlerError> for lambda_runtime::Diagnostic {
@@ -73,6 +78,7 @@ impl From<HandlerError> for lambda_runtime::Diagnostic {
             error_type: match e {
                 HandlerError::Drain(_) => "OutboxDrainFailed".into(),
                 HandlerError::Report(_) => "OutboxReportFailed".into(),
+                HandlerError::BadEvent(_) => "OutboxDrainBadEvent".into(),
             },
             error_message: e.to_string(),
         }
@@ -135,30 +141,31 @@ impl Upkeep {
                 .map(|(_, n)| n)
                 .sum()
         };
+        use outbox::{
+            EVENT_CONTACT_UPDATE as C_UPDATE, EVENT_CONTACT_UPSERT as C_UPSERT,
+            EVENT_SALES_ORDER_CREATE as O_CREATE, EVENT_SALES_ORDER_UPDATE as O_UPDATE,
+        };
+        // Literal names, so the template's watch list can be checked against them.
         for (status, event, name) in [
             ("pending", None, "outbox_pending"),
             ("processing", None, "outbox_processing"),
             ("failed", None, "outbox_failed"),
+            ("pending", Some(C_UPSERT), "outbox_pending_contact_upsert"),
+            ("pending", Some(C_UPDATE), "outbox_pending_contact_update"),
             (
                 "pending",
-                Some("contact.upsert"),
-                "outbox_pending_contact_upsert",
-            ),
-            (
-                "pending",
-                Some("sales_order.create"),
+                Some(O_CREATE),
                 "outbox_pending_sales_order_create",
             ),
             (
-                "failed",
-                Some("contact.upsert"),
-                "outbox_failed_contact_upsert",
+                "pending",
+                Some(O_UPDATE),
+                "outbox_pending_sales_order_update",
             ),
-            (
-                "failed",
-                Some("sales_order.create"),
-                "outbox_failed_sales_order_create",
-            ),
+            ("failed", Some(C_UPSERT), "outbox_failed_contact_upsert"),
+            ("failed", Some(C_UPDATE), "outbox_failed_contact_update"),
+            ("failed", Some(O_CREATE), "outbox_failed_sales_order_create"),
+            ("failed", Some(O_UPDATE), "outbox_failed_sales_order_update"),
         ] {
             m.set(name, count(status, event) as f64, Unit::Count);
         }
@@ -175,8 +182,12 @@ pub async fn handle(
     upkeep: &Upkeep,
     event: LambdaEvent<Value>,
 ) -> Result<Value, HandlerError> {
+    let mode = Mode::from_payload(&event.payload).map_err(HandlerError::BadEvent)?;
     let trigger = Trigger::from_payload(&event.payload);
     let deadline = drain.deadline_in(time_left_of(&event.context));
+    if let Mode::Reconcile(limits) = mode {
+        return reconcile(drain, deadline, limits, &event.context).await;
+    }
     tracing::info!(trigger = trigger.kind(), ?trigger, "outbox drain started");
     let report = drain.run(deadline).await.inspect_err(|e| {
         tracing::error!(error = %e, "outbox drain failed");
@@ -202,6 +213,32 @@ pub async fn handle(
     let mut out = serde_json::to_value(&report)?;
     if let Value::Object(obj) = &mut out {
         obj.insert("purged".into(), serde_json::to_value(purged)?);
+    }
+    Ok(out)
+}
+
+/// One reconcile: queues the work of every client and booking Zoho is
+/// behind on; the drain's ticks send it.
+async fn reconcile(
+    drain: &Drain,
+    deadline: shared::platform::deadline::Deadline,
+    limits: ReconcileLimits,
+    ctx: &lambda_runtime::Context,
+) -> Result<Value, HandlerError> {
+    let report = drain
+        .reconcile(deadline, limits)
+        .await
+        .inspect_err(|e| tracing::error!(error = %e, "zoho reconcile failed"))?;
+    let mut metrics = Metrics::new("KommoZoho", "outbox-drain");
+    metrics.add("reconcile_enqueued", report.enqueued as f64, Unit::Count);
+    let scanned = report.clients_scanned + report.bookings_scanned;
+    metrics.add("reconcile_scanned", scanned as f64, Unit::Count);
+    metrics.property("requestId", ctx.request_id.clone());
+    metrics.property("trigger", "reconcile");
+    metrics.flush();
+    let mut out = serde_json::to_value(&report)?;
+    if let Value::Object(obj) = &mut out {
+        obj.insert("mode".into(), Value::from("reconcile"));
     }
     Ok(out)
 }
@@ -285,10 +322,8 @@ mod tests {
         (row.get(0), row.get(1), row.get(2))
     }
 
-    #[tokio::test]
-    async fn a_scheduled_run_with_the_flag_off_stubs_rows_without_a_zoho_secret() {
-        let db = testkit::TestDb::new().await;
-        let client_id = client_with_pending_upsert(&db, "A B").await;
+    /// A drain and its upkeep over `db`, without a Zoho secret.
+    fn drain_and_upkeep(db: &testkit::TestDb) -> (Drain, Upkeep) {
         let pool = db.pool();
         let settings = OutboxSettings {
             batch_size: 10,
@@ -314,6 +349,14 @@ mod tests {
             settings,
             Arc::new(LazyZohoClient::unconfigured()),
         );
+        (drain, upkeep)
+    }
+
+    #[tokio::test]
+    async fn a_scheduled_run_with_the_flag_off_stubs_rows_without_a_zoho_secret() {
+        let db = testkit::TestDb::new().await;
+        let client_id = client_with_pending_upsert(&db, "A B").await;
+        let (drain, upkeep) = drain_and_upkeep(&db);
         for name in [
             "outbox-drain-schedule.json",
             "outbox-drain-schedule-v2.json",
@@ -335,5 +378,55 @@ mod tests {
         assert_eq!(out["claimed"], 0);
         let (status, attempts, _) = outbox_row(&db, id2).await;
         assert_eq!((status.as_str(), attempts), ("pending", 0));
+    }
+
+    #[tokio::test]
+    async fn the_reconcile_event_queues_what_zoho_is_behind_on_and_bad_events_are_refused() {
+        let db = testkit::TestDb::new().await;
+        let client_id = client_with_pending_upsert(&db, "A B").await;
+        let (drain, upkeep) = drain_and_upkeep(&db);
+        // Stubbed while Zoho was off: the contact never reached Zoho.
+        let tick = LambdaEvent::new(sample("outbox-drain-schedule.json"), Default::default());
+        handle(&drain, &upkeep, tick).await.unwrap();
+        assert_eq!(outbox_row(&db, client_id).await.0, "succeeded");
+        // Still off: reconciling would only queue more stubs.
+        let event = LambdaEvent::new(sample("outbox-drain-reconcile.json"), Default::default());
+        let out = handle(&drain, &upkeep, event).await.unwrap();
+        assert_eq!(out["skipped"], "enableZohoLive is off", "{out}");
+
+        db.set_flag("enableZohoLive", true).await;
+        let reconcile = sample("outbox-drain-reconcile.json");
+        let event = LambdaEvent::new(reconcile.clone(), Default::default());
+        let out = handle(&drain, &upkeep, event).await.unwrap();
+        assert_eq!(out["mode"], "reconcile", "{out}");
+        assert_eq!(
+            (out["enqueued"].as_i64(), out["complete"].as_bool()),
+            (Some(1), Some(true))
+        );
+        let pending = "SELECT count(*) FROM integrations_outbox WHERE status = 'pending'";
+        let n: i64 = db
+            .client()
+            .await
+            .query_one(pending, &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1);
+        // Again: the row is already queued, nothing more.
+        let out = handle(
+            &drain,
+            &upkeep,
+            LambdaEvent::new(reconcile, Default::default()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["enqueued"], 0);
+
+        let bad = serde_json::json!({"mode": "reconcle"});
+        let err = handle(&drain, &upkeep, LambdaEvent::new(bad, Default::default()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HandlerError::BadEvent(_)), "{err}");
+        assert!(err.to_string().contains("unknown mode"), "{err}");
     }
 }

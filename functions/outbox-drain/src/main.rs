@@ -1,9 +1,11 @@
-//! Outbox drain Lambda: every minute, sends due outbox rows to Zoho.
+//! Outbox drain Lambda: every minute, sends due outbox rows to Zoho; daily
+//! (and on demand, `{"mode": "reconcile"}`), queues whatever Zoho is behind on.
 //!
 //! The clients are built once per cold start; the handler is in `handler.rs`
 //! and the domain logic in `shared::outbox` and `shared::retention`.
 
 mod handler;
+mod mode;
 
 use std::sync::Arc;
 

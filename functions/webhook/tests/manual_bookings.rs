@@ -213,8 +213,12 @@ async fn existing_client_is_matched_by_email_case_insensitively_and_vehicle_link
     let out = body_json(&resp);
     assert_eq!(out["client_id"], serde_json::json!(client_id));
     assert_eq!(out["client_created"], false);
-    // The client already has a Zoho id: only the sales order is enqueued.
-    assert_eq!(out["enqueued"], serde_json::json!(["sales_order.create"]));
+    // The client already has a Zoho id: the phone the form filled in updates
+    // that contact (never a second upsert), and the sales order is created.
+    assert_eq!(
+        out["enqueued"],
+        serde_json::json!(["contact.update", "sales_order.create"])
+    );
     assert_eq!(count(&c, "SELECT count(*) FROM clients").await, 1);
     // Staff input does not overwrite the stored name.
     let name: String = c

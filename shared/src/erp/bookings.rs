@@ -211,15 +211,23 @@ pub async fn set_primary_vehicle(
 }
 
 /// A lead deleted in Kommo: its booking is deactivated, not removed, so a
-/// restore brings it back. Returns the rows changed.
-pub async fn deactivate_deleted_lead(tx: &Transaction<'_>, lead_id: i64) -> Result<u64, DbError> {
-    execute_cached(
-        tx,
-        "UPDATE bookings SET is_active = false, updated_at = now()
-          WHERE source_payload_id = $1 AND is_active",
-        &[&format!("kommo:{lead_id}")],
-    )
-    .await
+/// restore brings it back. Returns the bookings changed.
+pub async fn deactivate_deleted_lead(
+    tx: &Transaction<'_>,
+    lead_id: i64,
+) -> Result<Vec<Uuid>, DbError> {
+    let rows = tx
+        .query(
+            &tx.prepare_cached(
+                "UPDATE bookings SET is_active = false, updated_at = now()
+                  WHERE source_payload_id = $1 AND is_active
+              RETURNING id",
+            )
+            .await?,
+            &[&format!("kommo:{lead_id}")],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 // ---------------------------------------------------------------------------
@@ -388,21 +396,25 @@ pub(super) const LINK_STAGED_VEHICLES: &str = concat!(
 // Zoho settle (set-based over a drained batch)
 // ---------------------------------------------------------------------------
 
-/// Sales orders Zoho created: the booking is synced.
+/// Sales orders Zoho created or updated: the booking is synced, with the
+/// fingerprint of what Zoho received (None: only the id was learnt).
 pub async fn set_sales_orders(
     tx: &tokio_postgres::Transaction<'_>,
     booking_ids: &[Uuid],
     zoho_ids: &[String],
+    fingerprints: &[Option<String>],
 ) -> Result<(), DbError> {
     if booking_ids.is_empty() {
         return Ok(());
     }
     tx.execute(
         "UPDATE bookings b
-            SET zoho_sales_order_id = u.zid, zoho_sync_status = 'synced', updated_at = now()
-           FROM unnest($1::uuid[], $2::text[]) AS u(id, zid)
+            SET zoho_sales_order_id = u.zid, zoho_sync_status = 'synced', updated_at = now(),
+                zoho_fingerprint = coalesce(u.fp, b.zoho_fingerprint),
+                zoho_synced_at = CASE WHEN u.fp IS NULL THEN b.zoho_synced_at ELSE now() END
+           FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(id, zid, fp)
           WHERE b.id = u.id",
-        &[&booking_ids, &zoho_ids],
+        &[&booking_ids, &zoho_ids, &fingerprints],
     )
     .await?;
     Ok(())

@@ -336,22 +336,28 @@ pub async fn zoho_contact_id(
         .map(|r| r.get(0)))
 }
 
-/// The outbox's settle: Zoho contact ids of clients Zoho accepted.
+/// The outbox's settle: Zoho contact ids of clients Zoho accepted, and the
+/// fingerprint of what it received (None: only the id was learnt).
 pub async fn set_zoho_contact_ids(
     tx: &tokio_postgres::Transaction<'_>,
     client_ids: &[Uuid],
     zoho_ids: &[String],
+    fingerprints: &[Option<String>],
 ) -> Result<(), DbError> {
     if client_ids.is_empty() {
         return Ok(());
     }
     tx.execute(
         "UPDATE clients c
-            SET zoho_contact_id = u.zid, updated_at = now()
-           FROM (SELECT DISTINCT ON (id) id, zid
-                   FROM unnest($1::uuid[], $2::text[]) AS x(id, zid)) AS u
-          WHERE c.id = u.id AND c.zoho_contact_id IS DISTINCT FROM u.zid",
-        &[&client_ids, &zoho_ids],
+            SET zoho_contact_id = u.zid, updated_at = now(),
+                zoho_fingerprint = coalesce(u.fp, c.zoho_fingerprint),
+                zoho_synced_at = CASE WHEN u.fp IS NULL THEN c.zoho_synced_at ELSE now() END
+           FROM (SELECT DISTINCT ON (id) id, zid, fp
+                   FROM unnest($1::uuid[], $2::text[], $3::text[]) AS x(id, zid, fp)
+                  ORDER BY id, fp NULLS LAST) AS u
+          WHERE c.id = u.id
+            AND (c.zoho_contact_id IS DISTINCT FROM u.zid OR u.fp IS NOT NULL)",
+        &[&client_ids, &zoho_ids, &fingerprints],
     )
     .await?;
     Ok(())

@@ -9,7 +9,7 @@
 use deadpool_postgres::Transaction;
 use uuid::Uuid;
 
-use super::zoho_work::{enqueue_zoho_tasks, Enqueued};
+use super::zoho_work::{enqueue_zoho_work, Enqueued};
 use crate::{
     erp::{
         bookings::{self, LeadBooking},
@@ -25,7 +25,7 @@ pub enum LeadOutcome {
     /// The stored data is newer than this snapshot; nothing was written.
     Stale,
     /// An excluded status: only `sales_leads` was written, and an existing
-    /// booking was deactivated.
+    /// booking was deactivated (its Zoho order, if any, is cancelled).
     Excluded { deactivated: Option<Uuid> },
     Booked {
         booking_id: Uuid,
@@ -101,6 +101,7 @@ pub async fn apply_lead(
         let deactivated = match &booking {
             Some(b) => {
                 bookings::deactivate_excluded(tx, b.id, lead).await?;
+                enqueue_zoho_work(tx, None, Some(b.id)).await?;
                 tracing::info!(lead_id = lead.lead_id, booking_id = %b.id, "ingest: lead moved to an excluded status, booking deactivated");
                 Some(b.id)
             }
@@ -111,17 +112,7 @@ pub async fn apply_lead(
 
     let (booking_id, created) = write_booking(tx, lead, booking.as_ref(), client_id).await?;
     let enqueued = match &client {
-        Some(c) => {
-            let booking_zoho = booking.and_then(|b| b.zoho_sales_order_id);
-            enqueue_zoho_tasks(
-                tx,
-                c.id,
-                c.zoho_contact_id.as_deref(),
-                Some(booking_id),
-                booking_zoho.as_deref(),
-            )
-            .await?
-        }
+        Some(c) => enqueue_zoho_work(tx, Some(c.id), Some(booking_id)).await?,
         None => {
             // Zoho needs a contact for a sales order; the next delivery that
             // brings one enqueues it.
@@ -189,14 +180,18 @@ async fn write_booking(
     Ok((booking_id, created))
 }
 
-/// A lead deleted in Kommo: its booking is deactivated and its sales lead
-/// archived. Nothing is removed, so a restore brings it back.
+/// A lead deleted in Kommo: its booking is deactivated (its Zoho order, if
+/// any, cancelled) and its sales lead archived. Nothing is removed, so a
+/// restore brings it back.
 pub async fn delete_lead(tx: &Transaction<'_>, lead_id: i64) -> Result<(u64, u64), DbError> {
     lock_lead(tx, lead_id).await?;
-    let bookings = bookings::deactivate_deleted_lead(tx, lead_id).await?;
+    let deactivated = bookings::deactivate_deleted_lead(tx, lead_id).await?;
+    for id in &deactivated {
+        enqueue_zoho_work(tx, None, Some(*id)).await?;
+    }
     let leads = sales_leads::archive_deleted_lead(tx, lead_id).await?;
     sales_leads::record_deletion(tx, lead_id).await?;
-    Ok((bookings, leads))
+    Ok((deactivated.len() as u64, leads))
 }
 
 /// A contact changed in Kommo: refresh the client it belongs to, if we have
@@ -210,7 +205,7 @@ pub async fn refresh_contact(
     }
     let out = upsert_client(tx, contact).await?;
     let enqueued = if out.applied {
-        enqueue_zoho_tasks(tx, out.id, out.zoho_contact_id.as_deref(), None, None).await?
+        enqueue_zoho_work(tx, Some(out.id), None).await?
     } else {
         Enqueued::default()
     };

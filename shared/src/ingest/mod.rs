@@ -25,7 +25,7 @@ pub use events::{
 };
 pub use fetch::{FetchError, Fetched, FetchedLead};
 pub use pipeline::{BatchOutcome, BatchReport, Pipeline, QueuedMessage};
-pub use zoho_work::{enqueue_zoho_tasks, Enqueued};
+pub use zoho_work::{enqueue_zoho_work, Enqueued};
 
 // The client types ingest takes, under their old path.
 pub use crate::erp::clients::{find_client, upsert_client, ClientInput, ClientOutcome, MatchedBy};

@@ -5,14 +5,21 @@
 //! `FOR UPDATE SKIP LOCKED` and a lease, sends them to Zoho and settles each
 //! row: succeeded, retried with backoff, failed, or handed back uncharged.
 //!
-//! Payload convention: `contact.upsert` carries `{"client_id": uuid}` on
-//! entity `client`; `sales_order.create` carries `{"booking_id": uuid,
-//! "client_id": uuid}` on entity `booking`. The dedupe key is
-//! `"<event_type>:<entity_id>"`, unique among live (pending or processing) rows.
+//! Payload convention: `contact.upsert` and `contact.update` carry
+//! `{"client_id": uuid}` on entity `client`; `sales_order.create` and
+//! `sales_order.update` carry `{"booking_id": uuid, "client_id": uuid}` on
+//! entity `booking`. The dedupe key is `"<event_type>:<entity_id>"`, unique
+//! among live (pending or processing) rows. A row names what to sync, not
+//! what to send: the drain sends the row's latest state.
+//!
+//! Which work a change needs is decided in [`lockstep`] (only real changes
+//! of the fields Zoho receives); [`reconcile`] finds whatever was left behind.
 
 pub mod alerts;
 mod backoff;
 mod drain;
+pub mod lockstep;
+pub mod reconcile;
 mod store;
 
 use serde_json::{json, Value};
@@ -22,12 +29,18 @@ use crate::platform::db::DbError;
 
 pub use backoff::backoff;
 pub use drain::{Drain, DrainReport, StopReason};
+pub use reconcile::{reconcile, reconcile_live, ReconcileLimits, ReconcileReport};
 pub use store::{
     claim, counts_by_event, requeue_failed, rescue_expired, status_counts, ClaimedRow,
 };
 
 pub const EVENT_CONTACT_UPSERT: &str = "contact.upsert";
 pub const EVENT_SALES_ORDER_CREATE: &str = "sales_order.create";
+/// A change to a client whose Zoho contact id is known: updated by that id.
+pub const EVENT_CONTACT_UPDATE: &str = "contact.update";
+/// A change to a booking Zoho holds an order of: updated by its id (or by
+/// the unique booking-id field when the id is unknown); never deleted.
+pub const EVENT_SALES_ORDER_UPDATE: &str = "sales_order.update";
 pub const ENTITY_CLIENT: &str = "client";
 pub const ENTITY_BOOKING: &str = "booking";
 pub const TARGET_ZOHO: &str = "zoho";

@@ -9,7 +9,10 @@ use std::time::Duration;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{OutboxError, ENTITY_BOOKING, EVENT_SALES_ORDER_CREATE};
+use super::{
+    lockstep::{self, Table},
+    OutboxError, ENTITY_BOOKING, EVENT_SALES_ORDER_CREATE,
+};
 use crate::erp;
 
 /// A row claimed by a drain; `attempts` already counts this attempt.
@@ -153,12 +156,24 @@ pub(crate) enum Outcome {
     },
 }
 
-/// A change to an ERP row that goes with a settled outbox row.
+/// A change to an ERP row that goes with a settled outbox row. A
+/// `fingerprint` is that of the fields Zoho just received (None: nothing
+/// was sent, the id was only learnt).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Effect {
-    ContactId { client_id: Uuid, zoho_id: String },
-    SalesOrder { booking_id: Uuid, zoho_id: String },
-    BookingFailed { booking_id: Uuid },
+    ContactId {
+        client_id: Uuid,
+        zoho_id: String,
+        fingerprint: Option<String>,
+    },
+    SalesOrder {
+        booking_id: Uuid,
+        zoho_id: String,
+        fingerprint: Option<String>,
+    },
+    BookingFailed {
+        booking_id: Uuid,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -253,38 +268,71 @@ async fn settle_rows(
         .collect::<Result<_, _>>()?)
 }
 
-/// The ERP side of the rows this owner still held: Zoho ids written back,
-/// bookings whose sales order failed for good marked failed.
+/// Zoho ids and fingerprints of one table, as parallel arrays.
+#[derive(Default)]
+struct Synced {
+    ids: Vec<Uuid>,
+    zoho_ids: Vec<String>,
+    fingerprints: Vec<Option<String>>,
+}
+
+impl Synced {
+    fn push(&mut self, id: Uuid, zoho_id: &str, fingerprint: &Option<String>) {
+        self.ids.push(id);
+        self.zoho_ids.push(zoho_id.to_string());
+        self.fingerprints.push(fingerprint.clone());
+    }
+
+    /// The rows that were sent: their state may have moved on meanwhile.
+    fn sent(&self) -> Vec<Uuid> {
+        let sent = self.ids.iter().zip(&self.fingerprints);
+        sent.filter(|(_, f)| f.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+/// The ERP side of the rows this owner still held: Zoho ids and the
+/// fingerprints of what Zoho received written back, bookings whose sales
+/// order failed for good marked failed. A row changed while it was being
+/// sent met the live row's dedupe key then; its work is queued now.
 async fn apply_effects(
     tx: &tokio_postgres::Transaction<'_>,
     settlements: &[Settlement],
     owned: &[Uuid],
 ) -> Result<(), OutboxError> {
     let held: std::collections::HashSet<Uuid> = owned.iter().copied().collect();
-    let (mut c_ids, mut c_zoho) = (Vec::new(), Vec::new());
-    let (mut b_ids, mut b_zoho) = (Vec::new(), Vec::new());
+    let (mut clients, mut bookings) = (Synced::default(), Synced::default());
     let mut failed_bookings = Vec::new();
     for s in settlements.iter().filter(|s| held.contains(&s.id)) {
         for e in &s.effects {
             match e {
-                Effect::ContactId { client_id, zoho_id } => {
-                    c_ids.push(*client_id);
-                    c_zoho.push(zoho_id.clone());
-                }
+                Effect::ContactId {
+                    client_id,
+                    zoho_id,
+                    fingerprint,
+                } => clients.push(*client_id, zoho_id, fingerprint),
                 Effect::SalesOrder {
                     booking_id,
                     zoho_id,
-                } => {
-                    b_ids.push(*booking_id);
-                    b_zoho.push(zoho_id.clone());
-                }
+                    fingerprint,
+                } => bookings.push(*booking_id, zoho_id, fingerprint),
                 Effect::BookingFailed { booking_id } => failed_bookings.push(*booking_id),
             }
         }
     }
-    erp::clients::set_zoho_contact_ids(tx, &c_ids, &c_zoho).await?;
-    erp::bookings::set_sales_orders(tx, &b_ids, &b_zoho).await?;
+    erp::clients::set_zoho_contact_ids(tx, &clients.ids, &clients.zoho_ids, &clients.fingerprints)
+        .await?;
+    erp::bookings::set_sales_orders(
+        tx,
+        &bookings.ids,
+        &bookings.zoho_ids,
+        &bookings.fingerprints,
+    )
+    .await?;
     erp::bookings::mark_sync_failed(tx, &failed_bookings).await?;
+    lockstep::enqueue_changed(tx, Table::Clients, &clients.sent()).await?;
+    lockstep::enqueue_changed(tx, Table::Bookings, &bookings.sent()).await?;
     Ok(())
 }
 

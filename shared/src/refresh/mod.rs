@@ -5,7 +5,8 @@
 //! the SQS worker ([`worker`]) pages Kommo into the `stg_kommo_*` tables with
 //! binary `COPY` ([`staging`]), checkpointing so a run spans as many Lambda
 //! invocations as it needs, then replaces the Kommo-derived production rows
-//! in one transaction ([`swap`]). Failed or suspicious runs raise a Slack
+//! in one transaction ([`swap`]) and queues the Zoho work of what changed
+//! ([`zoho_work`]). Failed or suspicious runs raise a Slack
 //! alert ([`alert`]). Everything here runs without Lambda, so tests and the
 //! benchmark drive it in-process (`testkit::refresh` holds their in-memory
 //! queue and the loop that works it off).
@@ -19,6 +20,7 @@ pub mod staging;
 pub mod statuses;
 pub mod swap;
 pub mod worker;
+pub mod zoho_work;
 
 pub use alert::Alerter;
 pub use job::{JobMessage, JobQueue};

@@ -1,4 +1,5 @@
-//! Contacts upsert and Sales Orders create over Zoho CRM v8.
+//! Contacts upsert, Sales Orders create, and updates by id or upsert of
+//! both, over Zoho CRM v8.
 
 use std::{
     sync::{
@@ -8,6 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::{
@@ -22,6 +24,9 @@ use crate::{
 
 /// Zoho's limit on records per insert/upsert call.
 pub const MAX_RECORDS_PER_CALL: usize = 100;
+
+/// The `action` of a created sales order that an earlier attempt created.
+pub const ACTION_EXISTING: &str = "existing";
 
 /// One record's outcome in a batch call; index i answers request record i.
 #[derive(Debug, Clone, PartialEq)]
@@ -158,61 +163,126 @@ impl ZohoClient {
     /// `POST /crm/v8/Contacts/upsert` with up to 100 records and the configured
     /// `duplicate_check_fields`; one result per record, in request order.
     pub async fn upsert_contacts(&self, records: &[Value]) -> Result<Vec<RecordResult>, ZohoError> {
-        if records.is_empty() {
-            return Ok(Vec::new());
-        }
-        if records.len() > MAX_RECORDS_PER_CALL {
-            return Err(ZohoError::Config(format!(
-                "{} records in one upsert; Zoho takes at most {MAX_RECORDS_PER_CALL}",
-                records.len()
-            )));
-        }
+        let fields = self.settings.duplicate_check_fields.clone();
+        self.upsert_records("Contacts", records, &fields).await
+    }
+
+    /// `POST /crm/v8/{module}/upsert` with up to 100 records: each updates the
+    /// record that one of `duplicate_check_fields` matches, or is inserted.
+    pub async fn upsert_records(
+        &self,
+        module: &str,
+        records: &[Value],
+        duplicate_check_fields: &[String],
+    ) -> Result<Vec<RecordResult>, ZohoError> {
         let body = json!({
             "data": records,
-            "duplicate_check_fields": self.settings.duplicate_check_fields,
+            "duplicate_check_fields": duplicate_check_fields,
             "trigger": [],
         });
-        let doc = self.post("Contacts/upsert", &body).await?;
-        let items = data_items(&doc, records.len())?;
+        self.batch(
+            Method::POST,
+            &format!("{module}/upsert"),
+            records.len(),
+            &body,
+        )
+        .await
+    }
+
+    /// `PUT /crm/v8/{module}` with up to 100 records, each naming the record
+    /// it changes by its `id`; one result per record, in request order.
+    pub async fn update_records(
+        &self,
+        module: &str,
+        records: &[Value],
+    ) -> Result<Vec<RecordResult>, ZohoError> {
+        let body = json!({"data": records, "trigger": []});
+        self.batch(Method::PUT, module, records.len(), &body).await
+    }
+
+    /// One call of `n` records (1 to 100; none makes no call).
+    async fn batch(
+        &self,
+        method: Method,
+        path: &str,
+        n: usize,
+        body: &Value,
+    ) -> Result<Vec<RecordResult>, ZohoError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if n > MAX_RECORDS_PER_CALL {
+            return Err(ZohoError::Config(format!(
+                "{n} records in one call; Zoho takes at most {MAX_RECORDS_PER_CALL}"
+            )));
+        }
+        let doc = self.send(method, path, body).await?;
+        let items = data_items(&doc, n)?;
         Ok(items.iter().map(record_result).collect())
     }
 
-    /// `POST /crm/v8/Sales_Orders` with one record. `DUPLICATE_DATA` on the
-    /// configured unique field means an earlier attempt created it: success.
+    /// `POST /crm/v8/Sales_Orders` with up to 100 records; one result per
+    /// record, in request order. `DUPLICATE_DATA` on the configured unique
+    /// field means an earlier attempt created the order: a success whose
+    /// `action` is `existing`, with that order's id.
+    pub async fn create_sales_orders(
+        &self,
+        records: &[Value],
+    ) -> Result<Vec<RecordResult>, ZohoError> {
+        let body = json!({"data": records, "trigger": []});
+        let results = self
+            .batch(Method::POST, "Sales_Orders", records.len(), &body)
+            .await?;
+        Ok(results
+            .into_iter()
+            .map(|r| self.existing_order(r))
+            .collect())
+    }
+
+    /// `POST /crm/v8/Sales_Orders` with one record (see [`Self::create_sales_orders`]).
     pub async fn create_sales_order(&self, record: &Value) -> Result<SalesOrder, ZohoError> {
-        let body = json!({"data": [record], "trigger": []});
-        let doc = self.post("Sales_Orders", &body).await?;
-        let items = data_items(&doc, 1)?;
-        match record_result(&items[0]) {
-            RecordResult::Success { id, raw, .. } => Ok(SalesOrder {
+        let mut results = self
+            .create_sales_orders(std::slice::from_ref(record))
+            .await?;
+        match results.remove(0) {
+            RecordResult::Success { id, action, raw } => Ok(SalesOrder {
                 id,
-                already_existed: false,
+                already_existed: action.as_deref() == Some(ACTION_EXISTING),
                 raw,
             }),
+            RecordResult::Failure(e) if self.is_unique_duplicate(&e) => Err(ZohoError::Malformed(
+                "DUPLICATE_DATA without the existing record's id".into(),
+            )),
+            RecordResult::Failure(e) => Err(ZohoError::Record(Box::new(e))),
+        }
+    }
+
+    fn is_unique_duplicate(&self, e: &RecordError) -> bool {
+        e.code == "DUPLICATE_DATA"
+            && e.api_name.as_deref() == Some(self.settings.sales_order_unique_field.as_str())
+    }
+
+    /// A create refused because the unique field names an existing order is
+    /// that order: the retry of a create whose answer was lost.
+    fn existing_order(&self, r: RecordResult) -> RecordResult {
+        match r {
             RecordResult::Failure(e)
-                if e.code == "DUPLICATE_DATA"
-                    && e.api_name.as_deref()
-                        == Some(self.settings.sales_order_unique_field.as_str()) =>
+                if self.is_unique_duplicate(&e) && e.duplicate_id.is_some() =>
             {
-                match e.duplicate_id.clone() {
-                    Some(id) => Ok(SalesOrder {
-                        id,
-                        already_existed: true,
-                        raw: e.raw,
-                    }),
-                    None => Err(ZohoError::Malformed(
-                        "DUPLICATE_DATA without the existing record's id".into(),
-                    )),
+                RecordResult::Success {
+                    id: e.duplicate_id.clone().unwrap_or_default(),
+                    action: Some(ACTION_EXISTING.into()),
+                    raw: e.raw,
                 }
             }
-            RecordResult::Failure(e) => Err(ZohoError::Record(Box::new(e))),
+            other => other,
         }
     }
 
     /// Sends with the shared token; on 401 `INVALID_TOKEN`, replaces the token
     /// once and retries once. Returns the body of any answer that carries a
     /// per-record `data` array (200, 201, 207, 400).
-    async fn post(&self, path: &str, body: &Value) -> Result<Value, ZohoError> {
+    async fn send(&self, method: Method, path: &str, body: &Value) -> Result<Value, ZohoError> {
         let mut token = self.tokens.get().await?;
         let mut retried = false;
         loop {
@@ -220,7 +290,7 @@ impl ZohoClient {
             let started = Instant::now();
             let sent = self
                 .http
-                .post(&url)
+                .request(method.clone(), &url)
                 .header(
                     reqwest::header::AUTHORIZATION,
                     format!("Zoho-oauthtoken {}", token.token.expose()),

@@ -13,7 +13,7 @@ mod token;
 
 pub use client::{
     CallStats, CallStatsSnapshot, LazyZohoClient, RecordResult, SalesOrder, ZohoClient,
-    MAX_RECORDS_PER_CALL,
+    ACTION_EXISTING, MAX_RECORDS_PER_CALL,
 };
 pub use error::{ErrorClass, RecordError, ZohoError};
 pub use token::{AccessToken, TokenManager, DEFAULT_TOKEN_ROW};

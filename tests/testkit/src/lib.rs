@@ -5,6 +5,7 @@
 //! `DATABASE_URL` (an admin URL), which `cargo xtask test` sets after starting
 //! a throwaway cluster; AWS calls go to the moto server at `AWS_ENDPOINT_URL`.
 
+pub mod outbox;
 pub mod refresh;
 
 use std::time::Duration;

@@ -10,6 +10,7 @@
 mod cold_start;
 mod emulator;
 mod kommo_budget;
+mod lockstep;
 mod outbox;
 mod processor;
 mod receiver;
@@ -37,6 +38,7 @@ pub enum Scenario {
     Refresh,
     ColdStart,
     KommoBudget,
+    Lockstep,
 }
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -59,6 +61,12 @@ pub struct BenchArgs {
     /// Outbox drain: contact.upsert rows (default 10,000; smoke 300).
     #[arg(long)]
     pub outbox_rows: Option<usize>,
+    /// Zoho lockstep: mixed changes to drain (default 10,000; smoke 500).
+    #[arg(long)]
+    pub lockstep_changes: Option<usize>,
+    /// Zoho lockstep: in-step bookings to reconcile (default 50,000; smoke 2,000).
+    #[arg(long)]
+    pub reconcile_bookings: Option<usize>,
     /// Full refresh: leads in the Kommo sandbox (default 50,000; smoke 1,000).
     #[arg(long)]
     pub refresh_leads: Option<usize>,
@@ -82,6 +90,8 @@ pub struct Sizes {
     pub deliveries: usize,
     pub leads: usize,
     pub outbox_rows: usize,
+    pub lockstep_changes: usize,
+    pub reconcile_bookings: usize,
     pub refresh_leads: usize,
     pub refresh_contacts: usize,
     pub cold_starts: usize,
@@ -96,6 +106,8 @@ impl Sizes {
             deliveries: pick(a.deliveries, 10_000, 500),
             leads: pick(a.leads, 3_000, 200),
             outbox_rows: pick(a.outbox_rows, 10_000, 300),
+            lockstep_changes: pick(a.lockstep_changes, 10_000, 500),
+            reconcile_bookings: pick(a.reconcile_bookings, 50_000, 2_000),
             refresh_leads: pick(a.refresh_leads, 50_000, 1_000),
             refresh_contacts: pick(a.refresh_contacts, 50_000, 1_000),
             cold_starts: pick(a.cold_starts, 20, 3),
@@ -347,6 +359,7 @@ async fn run_scenarios(args: &BenchArgs, release: bool, bins: &Binaries) -> Resu
         Scenario::Refresh,
         Scenario::ColdStart,
         Scenario::KommoBudget,
+        Scenario::Lockstep,
     ] {
         if !wanted(s) {
             continue;
@@ -359,6 +372,7 @@ async fn run_scenarios(args: &BenchArgs, release: bool, bins: &Binaries) -> Resu
             Scenario::Refresh => refresh::run(&mut b).await,
             Scenario::ColdStart => cold_start::run(&mut b, bins).await,
             Scenario::KommoBudget => kommo_budget::run(&mut b).await,
+            Scenario::Lockstep => lockstep::run(&mut b).await,
         };
         if let Err(e) = result {
             eprintln!("xtask: bench {s:?} failed: {e:#}");

@@ -27,6 +27,7 @@ use testkit::TestDb;
 use uuid::Uuid;
 
 use super::{
+    lockstep::drain_all,
     table::{Quantity, RowBuilder},
     Bench,
 };
@@ -37,7 +38,7 @@ const WALL_TARGET_S: f64 = 10.0;
 const BASELINE_MAX_ROWS: usize = 1_000;
 
 /// The settings a deployed function has by default, read the same way.
-fn default_config(db_url: &str) -> Result<Config> {
+pub(super) fn default_config(db_url: &str) -> Result<Config> {
     let url = db_url.to_string();
     Config::from_lookup(&[], move |k| (k == "DATABASE_URL").then(|| url.clone()))
         .map_err(|e| anyhow::anyhow!("{e}"))
@@ -67,7 +68,7 @@ async fn seed(db: &TestDb, n: usize) -> Result<Vec<Uuid>> {
     Ok(ids)
 }
 
-fn zoho_client(db: &TestDb, z: &ZohoSandbox, cfg: &Config) -> Result<ZohoClient> {
+pub(super) fn zoho_client(db: &TestDb, z: &ZohoSandbox, cfg: &Config) -> Result<ZohoClient> {
     let secret: ZohoSecret =
         serde_json::from_value(z.secret_json()).context("sandbox secret shape")?;
     ZohoClient::new(secret, cfg.zoho.clone(), db.pool()).map_err(|e| anyhow::anyhow!("{e}"))
@@ -101,17 +102,7 @@ async fn drain_run(n: usize) -> Result<(f64, u64, u64)> {
     );
     let t = Instant::now();
     // One scheduled run drains everything due; more runs only if it stopped early.
-    let mut succeeded = 0;
-    for _ in 0..20 {
-        let report = drain
-            .run(drain.deadline_in(Duration::from_secs(14 * 60)))
-            .await
-            .map_err(|e| anyhow::anyhow!("drain: {e}"))?;
-        succeeded += report.succeeded;
-        if report.claimed == 0 || succeeded as usize >= n {
-            break;
-        }
-    }
+    let succeeded = drain_all(&drain).await?;
     let wall = t.elapsed().as_secs_f64();
     if succeeded as usize != n {
         bail!("the drain sent {succeeded} of {n} rows");

@@ -16,7 +16,7 @@ use uuid::Uuid;
 pub use self::form::{validate, FieldProblem};
 use self::idempotency::Earlier;
 pub use self::idempotency::Idempotency;
-use super::zoho_work::{enqueue_zoho_tasks, Enqueued};
+use super::zoho_work::enqueue_zoho_work;
 pub use crate::erp::{ClientRef, NewBooking};
 use crate::{
     erp::{
@@ -131,7 +131,7 @@ async fn insert_booking(
     created_by: &str,
     b: &NewBooking,
 ) -> Result<CreatedBooking, BookingError> {
-    let (client_id, client_zoho, client_created) = booking_client(tx, b).await?;
+    let (client_id, _, client_created) = booking_client(tx, b).await?;
     let Some(booking_id) = bookings::insert_manual(tx, created_by, client_id, b).await? else {
         return Err(BookingError::Duplicate(
             b.external_code.clone().unwrap_or_default(),
@@ -141,24 +141,9 @@ async fn insert_booking(
         bookings::set_primary_vehicle(tx, booking_id, b.vehicle_id).await?;
     }
     bookings::add_calendar_entry(tx, booking_id, created_by, b).await?;
-    let Enqueued {
-        contact_upsert,
-        sales_order_create,
-    } = enqueue_zoho_tasks(
-        tx,
-        client_id,
-        client_zoho.as_deref(),
-        Some(booking_id),
-        None,
-    )
-    .await?;
-    let mut enqueued = Vec::new();
-    if contact_upsert {
-        enqueued.push("contact.upsert");
-    }
-    if sales_order_create {
-        enqueued.push("sales_order.create");
-    }
+    let enqueued = enqueue_zoho_work(tx, Some(client_id), Some(booking_id))
+        .await?
+        .events();
     Ok(CreatedBooking {
         booking_id,
         client_id,

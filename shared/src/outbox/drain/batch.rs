@@ -1,12 +1,13 @@
-//! One claimed batch sent to Zoho: contacts first (in calls of at most 100,
-//! `zoho_concurrency` at a time), then the sales orders that needed them.
+//! One claimed batch sent to Zoho: contacts first (upserted, or updated by
+//! their id), then the sales orders that needed them (created, updated by
+//! id, or upserted on the booking-id field), always in calls of at most 100,
+//! `zoho_concurrency` at a time.
 //! The first throttle, 429, broken credential or near deadline stops every
 //! call that has not started; its rows are handed back uncharged.
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use futures::{stream, StreamExt};
@@ -15,18 +16,21 @@ use uuid::Uuid;
 
 use super::{
     load::{self, Clients},
-    plan::{self, ContactState, Plan, ReadyOrder},
+    plan::{self, Plan, ReadyOrder, RecordState},
     records::{contact_record, order_record},
     Drain, StopReason,
 };
 use crate::{
     outbox::{
-        store::{ClaimedRow, Effect, Outcome, Settlement},
-        OutboxError,
+        store::{ClaimedRow, Effect, Settlement},
+        OutboxError, EVENT_SALES_ORDER_UPDATE,
     },
     platform::{config::ZohoSettings, deadline::Deadline},
-    zoho::{ErrorClass, ZohoClient, ZohoError, MAX_RECORDS_PER_CALL},
+    zoho::{ErrorClass, RecordResult, ZohoClient, ZohoError, MAX_RECORDS_PER_CALL},
 };
+
+const MODULE_CONTACTS: &str = "Contacts";
+const MODULE_SALES_ORDERS: &str = "Sales_Orders";
 
 /// One claimed batch being dispatched.
 pub(super) struct Batch<'a> {
@@ -97,12 +101,14 @@ impl<'a> Batch<'a> {
         let plan = Plan::new(sorted, &clients, &bookings);
         let mut out = plan.settled;
 
-        let mut contacts = self.send_contacts(&plan.to_send, &clients).await;
+        let mut contacts = self.send_contacts(&plan.to_send, &clients, false).await;
+        contacts.extend(self.send_contacts(&plan.to_update, &clients, true).await);
         self.check_contact_conflicts(&mut contacts).await?;
         let settings = &self.drain.settings;
         out.extend(plan::settle_contact_rows(
             plan.contact_rows,
             &contacts,
+            &clients,
             settings,
         ));
 
@@ -115,74 +121,152 @@ impl<'a> Batch<'a> {
                 "ZOHO_PRODUCT_ID is not set: sales orders need a product".into(),
             );
         }
-        let results: Vec<Settlement> = stream::iter(ready)
-            .map(|order| self.send_order(order))
-            .buffer_unordered(settings.zoho_concurrency.max(1))
-            .collect()
-            .await;
-        out.extend(results);
+        out.extend(self.send_orders(ready).await);
         Ok(out)
     }
 
-    /// Upserts contacts in calls of at most 100, `zoho_concurrency` at a time.
+    /// Runs one batch call of `n` records unless the batch must hold; the
+    /// state of each record, in request order.
+    async fn call_chunk(
+        &self,
+        n: usize,
+        call: impl std::future::Future<Output = Result<Vec<RecordResult>, ZohoError>>,
+    ) -> Vec<RecordState> {
+        if let Some(reason) = self.hold() {
+            return vec![RecordState::NotSent(Some(reason)); n];
+        }
+        match call.await {
+            Ok(results) => results.into_iter().map(RecordState::of).collect(),
+            Err(e) => {
+                self.observe(&e);
+                vec![RecordState::of_call(&e); n]
+            }
+        }
+    }
+
+    /// Sends contacts in calls of at most 100, `zoho_concurrency` at a time:
+    /// upserted, or (`by_id`) updated by their known Zoho id.
     async fn send_contacts(
         &self,
-        to_send: &[Uuid],
+        clients_to_send: &[Uuid],
         clients: &Clients,
-    ) -> HashMap<Uuid, ContactState> {
+        by_id: bool,
+    ) -> HashMap<Uuid, RecordState> {
         let key_field = self.settings().contact_key_field.clone();
-        let chunks: Vec<Vec<(Uuid, Value)>> = to_send
+        let record = |id: &Uuid| {
+            let c = clients.get(id)?;
+            let mut rec = contact_record(*id, c, key_field.as_deref());
+            if by_id {
+                rec["id"] = json!(c.zoho_contact_id.clone()?);
+            }
+            Some((*id, rec))
+        };
+        let chunks: Vec<Vec<(Uuid, Value)>> = clients_to_send
             .chunks(MAX_RECORDS_PER_CALL)
-            .map(|chunk| {
-                chunk
-                    .iter()
-                    .filter_map(|id| {
-                        clients
-                            .get(id)
-                            .map(|c| (*id, contact_record(*id, c, key_field.as_deref())))
-                    })
-                    .collect()
-            })
+            .map(|chunk| chunk.iter().filter_map(record).collect())
             .collect();
         let concurrency = self.drain.settings.zoho_concurrency.max(1);
-        let per_chunk: Vec<Vec<(Uuid, ContactState)>> = stream::iter(chunks)
-            .map(|chunk| self.send_contact_chunk(chunk))
+        let per_chunk: Vec<Vec<(Uuid, RecordState)>> = stream::iter(chunks)
+            .map(|chunk| self.send_contact_chunk(chunk, by_id))
             .buffer_unordered(concurrency)
             .collect()
             .await;
         per_chunk.into_iter().flatten().collect()
     }
 
-    /// One upsert call; a failed call gives every contact in it the same state.
-    async fn send_contact_chunk(&self, chunk: Vec<(Uuid, Value)>) -> Vec<(Uuid, ContactState)> {
-        let state = if let Some(reason) = self.hold() {
-            ContactState::NotSent(Some(reason))
-        } else {
-            let records: Vec<Value> = chunk.iter().map(|(_, r)| r.clone()).collect();
-            match self.zoho.upsert_contacts(&records).await {
-                Ok(results) => {
-                    return chunk
-                        .into_iter()
-                        .zip(results)
-                        .map(|((id, _), r)| (id, ContactState::of(r)))
-                        .collect()
+    /// One contacts call; a failed call gives every contact in it the same state.
+    async fn send_contact_chunk(
+        &self,
+        chunk: Vec<(Uuid, Value)>,
+        by_id: bool,
+    ) -> Vec<(Uuid, RecordState)> {
+        let records: Vec<Value> = chunk.iter().map(|(_, r)| r.clone()).collect();
+        let call = async {
+            if by_id {
+                self.zoho.update_records(MODULE_CONTACTS, &records).await
+            } else {
+                self.zoho.upsert_contacts(&records).await
+            }
+        };
+        let states = self.call_chunk(records.len(), call).await;
+        chunk.into_iter().map(|(id, _)| id).zip(states).collect()
+    }
+
+    /// Orders, 100 to a call, `zoho_concurrency` calls at a time: new ones
+    /// created, changed ones updated by their Zoho id, or upserted on the
+    /// booking-id field when the id is unknown.
+    async fn send_orders(&self, orders: Vec<ReadyOrder>) -> Vec<Settlement> {
+        let mut groups: [Vec<ReadyOrder>; 3] = Default::default();
+        for o in orders {
+            groups[OrderCall::of(&o) as usize].push(o);
+        }
+        let mut chunks: Vec<Vec<ReadyOrder>> = Vec::new();
+        for group in groups {
+            let mut rest = group.into_iter().peekable();
+            while rest.peek().is_some() {
+                chunks.push(rest.by_ref().take(MAX_RECORDS_PER_CALL).collect());
+            }
+        }
+        let concurrency = self.drain.settings.zoho_concurrency.max(1);
+        let per_chunk: Vec<Vec<Settlement>> = stream::iter(chunks)
+            .map(|chunk| self.send_order_chunk(chunk))
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        per_chunk.into_iter().flatten().collect()
+    }
+
+    /// One call of orders that all go the same way ([`OrderCall`]).
+    async fn send_order_chunk(&self, chunk: Vec<ReadyOrder>) -> Vec<Settlement> {
+        let settings = self.settings();
+        let how = chunk.first().map_or(OrderCall::Create, OrderCall::of);
+        let records: Vec<Value> = chunk
+            .iter()
+            .map(|o| {
+                let mut rec = order_record(o.row.entity_id, &o.contact_id, &o.booking, settings);
+                if let (OrderCall::UpdateById, Some(id)) = (how, &o.booking.zoho_sales_order_id) {
+                    rec["id"] = json!(id);
                 }
-                Err(e) => {
-                    self.observe(&e);
-                    let msg = e.to_string();
-                    match e.class() {
-                        ErrorClass::Retryable => ContactState::Retry(msg),
-                        ErrorClass::Permanent => ContactState::Failed(msg),
-                        ErrorClass::Throttled | ErrorClass::Systemic => {
-                            ContactState::NotSent(Some(msg))
-                        }
-                    }
+                rec
+            })
+            .collect();
+        let call = async {
+            match how {
+                OrderCall::Create => self.zoho.create_sales_orders(&records).await,
+                OrderCall::UpdateById => {
+                    self.zoho
+                        .update_records(MODULE_SALES_ORDERS, &records)
+                        .await
+                }
+                OrderCall::UpsertByKey => {
+                    let key = [settings.sales_order_unique_field.clone()];
+                    let module = MODULE_SALES_ORDERS;
+                    self.zoho.upsert_records(module, &records, &key).await
                 }
             }
         };
+        let states = self.call_chunk(records.len(), call).await;
+        let s = &self.drain.settings;
         chunk
             .into_iter()
-            .map(|(id, _)| (id, state.clone()))
+            .zip(states)
+            .map(|(o, state)| {
+                let state = match (how, state) {
+                    (OrderCall::Create, RecordState::Synced { zoho_id, raw }) => {
+                        created(zoho_id, raw)
+                    }
+                    (_, other) => other,
+                };
+                let booking_id = o.row.entity_id;
+                let fingerprint = Some(o.booking.fingerprint.clone());
+                let on_success = |zoho_id: &str| Effect::SalesOrder {
+                    booking_id,
+                    zoho_id: zoho_id.to_string(),
+                    fingerprint,
+                };
+                let effects = o.contact_effect.into_iter().collect();
+                plan::settle_state(&o.row, Some(&state), effects, on_success, s)
+            })
             .collect()
     }
 
@@ -190,12 +274,12 @@ impl<'a> Batch<'a> {
     /// another client (same email, say) fails this row instead of the batch.
     async fn check_contact_conflicts(
         &self,
-        contacts: &mut HashMap<Uuid, ContactState>,
+        contacts: &mut HashMap<Uuid, RecordState>,
     ) -> Result<(), OutboxError> {
         let mut synced: Vec<(Uuid, String)> = contacts
             .iter()
             .filter_map(|(c, s)| match s {
-                ContactState::Synced { zoho_id, .. } => Some((*c, zoho_id.clone())),
+                RecordState::Synced { zoho_id, .. } => Some((*c, zoho_id.clone())),
                 _ => None,
             })
             .collect();
@@ -213,7 +297,7 @@ impl<'a> Batch<'a> {
                 Some(other) if *other != client => {
                     contacts.insert(
                         client,
-                        ContactState::Failed(format!(
+                        RecordState::Failed(format!(
                             "Zoho contact {zoho_id} is already linked to client {other}"
                         )),
                     );
@@ -226,57 +310,36 @@ impl<'a> Batch<'a> {
         }
         Ok(())
     }
+}
 
-    async fn send_order(&self, order: ReadyOrder) -> Settlement {
-        let ReadyOrder {
-            row,
-            booking,
-            contact_id,
-            contact_effect,
-        } = order;
-        let mut effects: Vec<Effect> = contact_effect.into_iter().collect();
-        let outcome = if let Some(reason) = self.hold() {
-            Outcome::Uncharged {
-                reason: Some(reason),
-                delay: Duration::ZERO,
-            }
-        } else {
-            let record = order_record(row.entity_id, &contact_id, &booking, self.settings());
-            match self.zoho.create_sales_order(&record).await {
-                Ok(so) => {
-                    effects.push(Effect::SalesOrder {
-                        booking_id: row.entity_id,
-                        zoho_id: so.id.clone(),
-                    });
-                    Outcome::Succeeded {
-                        response: json!({
-                            "zoho_sales_order_id": so.id,
-                            "already_existed": so.already_existed,
-                            "result": so.raw,
-                        }),
-                    }
-                }
-                Err(e) => {
-                    self.observe(&e);
-                    match e.class() {
-                        ErrorClass::Retryable => {
-                            plan::retry(&self.drain.settings, &row, e.to_string())
-                        }
-                        ErrorClass::Permanent => Outcome::Failed {
-                            error: e.to_string(),
-                        },
-                        ErrorClass::Throttled | ErrorClass::Systemic => Outcome::Uncharged {
-                            reason: Some(e.to_string()),
-                            delay: Duration::ZERO,
-                        },
-                    }
-                }
-            }
-        };
-        Settlement {
-            id: row.id,
-            outcome,
-            effects,
+/// How an order goes to Zoho; the groups a batch's calls are made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OrderCall {
+    Create = 0,
+    UpdateById = 1,
+    UpsertByKey = 2,
+}
+
+impl OrderCall {
+    fn of(o: &ReadyOrder) -> Self {
+        match (o.row.event_type.as_str(), &o.booking.zoho_sales_order_id) {
+            (EVENT_SALES_ORDER_UPDATE, Some(_)) => OrderCall::UpdateById,
+            (EVENT_SALES_ORDER_UPDATE, None) => OrderCall::UpsertByKey,
+            _ => OrderCall::Create,
         }
+    }
+}
+
+/// A created order's response as the row keeps it: its id, and whether an
+/// earlier attempt had created it (`DUPLICATE_DATA` on the unique field).
+fn created(zoho_id: String, raw: Value) -> RecordState {
+    let already_existed = raw.get("code").and_then(Value::as_str) == Some("DUPLICATE_DATA");
+    RecordState::Synced {
+        raw: json!({
+            "zoho_sales_order_id": zoho_id,
+            "already_existed": already_existed,
+            "result": raw,
+        }),
+        zoho_id,
     }
 }

@@ -17,6 +17,9 @@ pub(super) struct ClientRow {
     pub email: Option<String>,
     pub phone: Option<String>,
     pub zoho_contact_id: Option<String>,
+    /// `zoho_contact_fingerprint` of the fields above, as loaded: what is
+    /// stored once Zoho accepts the record built from them.
+    pub fingerprint: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -26,7 +29,14 @@ pub(super) struct BookingRow {
     pub external_code: Option<String>,
     pub total: Option<f64>,
     pub currency: Option<String>,
+    /// In Zoho's datetime format, UTC.
+    pub start_at: Option<String>,
+    pub end_at: Option<String>,
+    pub status: String,
+    pub is_active: bool,
     pub zoho_sales_order_id: Option<String>,
+    /// `zoho_order_fingerprint` of the fields above, as loaded.
+    pub fingerprint: String,
 }
 
 pub(super) type Clients = HashMap<Uuid, ClientRow>;
@@ -72,7 +82,14 @@ async fn bookings(conn: &tokio_postgres::Client, ids: &[Uuid]) -> Result<Booking
         conn,
         "SELECT b.id, to_jsonb(b)
            FROM (SELECT id, client_id, title, external_code, total_amount::float8 AS total,
-                        currency, zoho_sales_order_id
+                        currency, zoho_sales_order_id, status, is_active,
+                        to_char(start_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"+00:00\"')
+                            AS start_at,
+                        to_char(end_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"+00:00\"')
+                            AS end_at,
+                        zoho_order_fingerprint(client_id, title, external_code, total_amount,
+                                               currency, start_at, end_at, status, is_active)
+                            AS fingerprint
                    FROM bookings WHERE id = ANY($1)) b",
         ids,
     )
@@ -83,7 +100,9 @@ async fn clients(conn: &tokio_postgres::Client, ids: &[Uuid]) -> Result<Clients,
     by_id(
         conn,
         "SELECT c.id, to_jsonb(c)
-           FROM (SELECT id, first_name, last_name, full_name, email, phone, zoho_contact_id
+           FROM (SELECT id, first_name, last_name, full_name, email, phone, zoho_contact_id,
+                        zoho_contact_fingerprint(full_name, first_name, last_name, email, phone)
+                            AS fingerprint
                    FROM clients WHERE id = ANY($1)) c",
         ids,
     )

@@ -34,7 +34,7 @@ pub use report::{DrainReport, StopReason};
 
 use super::{
     store::{self, ClaimedRow, Effect, Outcome, Settlement},
-    OutboxError, ENTITY_BOOKING, EVENT_SALES_ORDER_CREATE,
+    OutboxError, ReconcileLimits, ReconcileReport, ENTITY_BOOKING, EVENT_SALES_ORDER_CREATE,
 };
 use crate::{
     platform::config::OutboxSettings,
@@ -86,6 +86,17 @@ impl Drain {
             ctx.config.outbox.clone(),
             Arc::new(zoho),
         )
+    }
+
+    /// One reconcile on a connection of this drain's pool (see
+    /// [`super::reconcile`]); skipped while `enableZohoLive` is off.
+    pub async fn reconcile(
+        &self,
+        deadline: Deadline,
+        limits: ReconcileLimits,
+    ) -> Result<ReconcileReport, OutboxError> {
+        let mut conn = self.pool.get().await?;
+        super::reconcile_live(&mut conn, &self.flags, deadline, limits).await
     }
 
     /// The deadline `remaining` from now, less this drain's safety margin

@@ -1,6 +1,7 @@
 //! Planning a claimed batch, without I/O: which rows fail on their own
 //! fields, which contacts must be sent (a sales order needs its client's
-//! contact first), and how each row settles once its contact has fared.
+//! contact first) and which are updated by their Zoho id, and how each row
+//! settles once its record has fared.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -15,31 +16,78 @@ use crate::{
     outbox::{
         backoff::backoff,
         store::{ClaimedRow, Effect, Outcome, Settlement},
-        ENTITY_BOOKING, ENTITY_CLIENT, EVENT_CONTACT_UPSERT, EVENT_SALES_ORDER_CREATE,
+        ENTITY_BOOKING, ENTITY_CLIENT, EVENT_CONTACT_UPDATE, EVENT_CONTACT_UPSERT,
+        EVENT_SALES_ORDER_CREATE, EVENT_SALES_ORDER_UPDATE,
     },
     platform::config::OutboxSettings,
-    zoho::{ErrorClass, RecordResult},
+    zoho::{ErrorClass, RecordResult, ZohoError},
 };
 
-/// How a client's contact fared in this run.
+/// How one record of a batch call fared in this run (a contact, or an
+/// order sent by update or upsert).
 #[derive(Debug, Clone)]
-pub(super) enum ContactState {
+pub(super) enum RecordState {
     Synced { zoho_id: String, raw: Value },
     Failed(String),
     Retry(String),
     NotSent(Option<String>),
 }
 
-impl ContactState {
+impl RecordState {
     /// The state of one record of a Zoho upsert answer.
     pub fn of(r: RecordResult) -> Self {
         match r {
-            RecordResult::Success { id, raw, .. } => ContactState::Synced { zoho_id: id, raw },
+            RecordResult::Success { id, raw, .. } => RecordState::Synced { zoho_id: id, raw },
             RecordResult::Failure(e) => match e.class() {
-                ErrorClass::Retryable => ContactState::Retry(e.describe()),
-                _ => ContactState::Failed(e.describe()),
+                ErrorClass::Retryable => RecordState::Retry(e.describe()),
+                _ => RecordState::Failed(e.describe()),
             },
         }
+    }
+
+    /// Every record's state when the whole call failed with `e`.
+    pub fn of_call(e: &ZohoError) -> Self {
+        let msg = e.to_string();
+        match e.class() {
+            ErrorClass::Retryable => RecordState::Retry(msg),
+            ErrorClass::Permanent => RecordState::Failed(msg),
+            ErrorClass::Throttled | ErrorClass::Systemic => RecordState::NotSent(Some(msg)),
+        }
+    }
+}
+
+/// How a row settles once its record fared `state` (`None`: not sent at
+/// all); `effects` go with it whatever happened, `on_success` only if Zoho
+/// accepted the record.
+pub(super) fn settle_state(
+    row: &ClaimedRow,
+    state: Option<&RecordState>,
+    mut effects: Vec<Effect>,
+    on_success: impl FnOnce(&str) -> Effect,
+    s: &OutboxSettings,
+) -> Settlement {
+    let outcome = match state {
+        Some(RecordState::Synced { zoho_id, raw }) => {
+            effects.push(on_success(zoho_id));
+            Outcome::Succeeded {
+                response: raw.clone(),
+            }
+        }
+        Some(RecordState::Failed(e)) => Outcome::Failed { error: e.clone() },
+        Some(RecordState::Retry(e)) => retry(s, row, e.clone()),
+        Some(RecordState::NotSent(reason)) => uncharged(reason.clone(), Duration::ZERO),
+        None => uncharged(None, Duration::ZERO),
+    };
+    settled(row, outcome, effects)
+}
+
+/// The effect that stores a contact Zoho accepted, with the fingerprint of
+/// the fields it was built from.
+pub(super) fn contact_synced(clients: &Clients, client_id: Uuid, zoho_id: &str) -> Effect {
+    Effect::ContactId {
+        client_id,
+        zoho_id: zoho_id.to_string(),
+        fingerprint: clients.get(&client_id).map(|c| c.fingerprint.clone()),
     }
 }
 
@@ -86,7 +134,7 @@ pub(super) fn sort(rows: Vec<ClaimedRow>) -> Sorted {
     for row in rows {
         match payload_problem(&row) {
             Some(problem) => out.failed.push(failed(&row, problem)),
-            None if row.event_type == EVENT_CONTACT_UPSERT => out.contacts.push(row),
+            None if row.entity_type == ENTITY_CLIENT => out.contacts.push(row),
             None => out.orders.push(row),
         }
     }
@@ -103,6 +151,8 @@ pub(super) struct Plan {
     pub orders: Vec<(ClaimedRow, Uuid)>,
     /// Clients whose contact is sent this run, in first-seen order.
     pub to_send: Vec<Uuid>,
+    /// Clients whose known contact is updated by its id this run.
+    pub to_update: Vec<Uuid>,
 }
 
 impl Plan {
@@ -112,12 +162,20 @@ impl Plan {
             contact_rows: Vec::new(),
             orders: Vec::new(),
             to_send: Vec::new(),
+            to_update: Vec::new(),
         };
         let mut queued: HashSet<Uuid> = HashSet::new();
         for row in sorted.contacts {
-            if clients.contains_key(&row.entity_id) {
+            if let Some(c) = clients.get(&row.entity_id) {
                 if queued.insert(row.entity_id) {
-                    plan.to_send.push(row.entity_id);
+                    // A known contact is updated by its id, whatever the row
+                    // says: an upsert matches on email, and a changed email
+                    // would make a second contact. Without an id, upsert.
+                    if c.zoho_contact_id.is_some() {
+                        plan.to_update.push(row.entity_id);
+                    } else {
+                        plan.to_send.push(row.entity_id);
+                    }
                 }
                 plan.contact_rows.push(row);
             } else {
@@ -131,10 +189,13 @@ impl Plan {
                 plan.settled.push(failed(&row, error));
                 continue;
             };
-            if let Some(existing) = &b.zoho_sales_order_id {
-                // Already synced by an earlier row: nothing to send.
-                plan.settled.push(already_synced(&row, existing));
-                continue;
+            match &b.zoho_sales_order_id {
+                // Already created by an earlier row: nothing to send.
+                Some(existing) if row.event_type == EVENT_SALES_ORDER_CREATE => {
+                    plan.settled.push(already_synced(&row, existing));
+                    continue;
+                }
+                _ => {}
             }
             let Some(client_id) = b.client_id else {
                 plan.settled
@@ -164,34 +225,23 @@ fn already_synced(row: &ClaimedRow, zoho_id: &str) -> Settlement {
         vec![Effect::SalesOrder {
             booking_id: row.entity_id,
             zoho_id: zoho_id.to_string(),
+            fingerprint: None,
         }],
     )
 }
 
-/// The `contact.upsert` rows, settled by how their contact fared.
+/// The contact rows, settled by how their contact fared.
 pub(super) fn settle_contact_rows(
     rows: Vec<ClaimedRow>,
-    contacts: &HashMap<Uuid, ContactState>,
+    contacts: &HashMap<Uuid, RecordState>,
+    clients: &Clients,
     s: &OutboxSettings,
 ) -> Vec<Settlement> {
     rows.iter()
-        .map(|row| match contacts.get(&row.entity_id) {
-            Some(ContactState::Synced { zoho_id, raw }) => settled(
-                row,
-                Outcome::Succeeded {
-                    response: raw.clone(),
-                },
-                vec![Effect::ContactId {
-                    client_id: row.entity_id,
-                    zoho_id: zoho_id.clone(),
-                }],
-            ),
-            Some(ContactState::Failed(e)) => failed(row, e.clone()),
-            Some(ContactState::Retry(e)) => settled(row, retry(s, row, e.clone()), vec![]),
-            Some(ContactState::NotSent(reason)) => {
-                settled(row, uncharged(reason.clone(), Duration::ZERO), vec![])
-            }
-            None => settled(row, uncharged(None, Duration::ZERO), vec![]),
+        .map(|row| {
+            let state = contacts.get(&row.entity_id);
+            let on_success = |zoho_id: &str| contact_synced(clients, row.entity_id, zoho_id);
+            settle_state(row, state, Vec::new(), on_success, s)
         })
         .collect()
 }
@@ -210,7 +260,7 @@ pub(super) fn route_orders(
     orders: Vec<(ClaimedRow, Uuid)>,
     clients: &Clients,
     bookings: &Bookings,
-    contacts: &HashMap<Uuid, ContactState>,
+    contacts: &HashMap<Uuid, RecordState>,
     s: &OutboxSettings,
 ) -> (Vec<ReadyOrder>, Vec<Settlement>) {
     let (mut ready, mut out) = (Vec::new(), Vec::new());
@@ -224,22 +274,19 @@ pub(super) fn route_orders(
         };
         let contact = match (known, contacts.get(&client_id)) {
             (Some(id), _) => Ok((id, None)),
-            (None, Some(ContactState::Synced { zoho_id, .. })) => {
-                let effect = Effect::ContactId {
-                    client_id,
-                    zoho_id: zoho_id.clone(),
-                };
+            (None, Some(RecordState::Synced { zoho_id, .. })) => {
+                let effect = contact_synced(clients, client_id, zoho_id);
                 Ok((zoho_id.clone(), Some(effect)))
             }
-            (None, Some(ContactState::Failed(e))) => Err(failed(
+            (None, Some(RecordState::Failed(e))) => Err(failed(
                 &row,
                 format!("the client's contact could not be synced: {e}"),
             )),
-            (None, Some(ContactState::Retry(e))) => {
+            (None, Some(RecordState::Retry(e))) => {
                 let o = retry(s, &row, format!("the client's contact: {e}"));
                 Err(settled(&row, o, vec![]))
             }
-            (None, Some(ContactState::NotSent(reason))) => Err(settled(
+            (None, Some(RecordState::NotSent(reason))) => Err(settled(
                 &row,
                 uncharged(reason.clone(), Duration::ZERO),
                 vec![],
@@ -265,8 +312,8 @@ pub(super) fn route_orders(
 /// Why a row cannot be dispatched at all, from its own fields.
 fn payload_problem(row: &ClaimedRow) -> Option<String> {
     let (entity, key) = match row.event_type.as_str() {
-        EVENT_CONTACT_UPSERT => (ENTITY_CLIENT, "client_id"),
-        EVENT_SALES_ORDER_CREATE => (ENTITY_BOOKING, "booking_id"),
+        EVENT_CONTACT_UPSERT | EVENT_CONTACT_UPDATE => (ENTITY_CLIENT, "client_id"),
+        EVENT_SALES_ORDER_CREATE | EVENT_SALES_ORDER_UPDATE => (ENTITY_BOOKING, "booking_id"),
         other => return Some(format!("unknown event type `{other}`")),
     };
     if row.entity_type != entity {

@@ -1,5 +1,8 @@
 //! The Zoho records a drain sends: a client's Contacts record and a
-//! booking's Sales_Orders record.
+//! booking's Sales_Orders record, for a create, an upsert or an update alike.
+//! Each is built only from the fields its fingerprint covers (migration
+//! V10's `zoho_contact_fingerprint`, `zoho_order_fingerprint`): a field added
+//! here must be added there, or its changes will not reach Zoho.
 
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -70,7 +73,33 @@ pub(super) fn order_record(
     if let Some(cur) = non_empty(b.currency.as_deref()) {
         rec["Currency"] = json!(cur);
     }
+    rec["Status"] = json!(order_status(b));
+    rec[FIELD_ERP_STATUS] = json!(b.status);
+    rec[FIELD_START] = json!(b.start_at);
+    rec[FIELD_END] = json!(b.end_at);
     rec
+}
+
+/// Sales_Orders fields the org adds for bookings (custom fields): the ERP
+/// status and the booking's dates. Empty dates are sent as null, so a
+/// cleared date clears Zoho's too.
+pub(super) const FIELD_ERP_STATUS: &str = "ERP_Status";
+pub(super) const FIELD_START: &str = "Booking_Start";
+pub(super) const FIELD_END: &str = "Booking_End";
+
+/// Zoho's own order status: a cancelled or deactivated booking (Kommo delete,
+/// excluded status, full-refresh soft delete) cancels its order, which is
+/// never deleted.
+pub(super) fn order_status(b: &BookingRow) -> &'static str {
+    let cancelled = matches!(
+        b.status.to_ascii_lowercase().as_str(),
+        "cancelled" | "canceled"
+    );
+    if !b.is_active || cancelled {
+        "Cancelled"
+    } else {
+        "Created"
+    }
 }
 
 #[cfg(test)]
@@ -85,6 +114,7 @@ mod tests {
             email: Some(" anna@example.com ".into()),
             phone: None,
             zoho_contact_id: None,
+            fingerprint: String::new(),
         }
     }
 

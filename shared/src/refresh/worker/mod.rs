@@ -28,7 +28,7 @@ use super::{
     settings::RefreshSettings,
     staging, statuses,
     swap::{swap, SwapOutcome},
-    RefreshError,
+    zoho_work, RefreshError,
 };
 use crate::{
     kommo::{KommoClient, KommoError},
@@ -315,6 +315,7 @@ impl Worker {
         }
         let status = match swapped {
             Ok(SwapOutcome::Succeeded(_)) => {
+                zoho_work::after_swap(client, &self.flags, zoho_work::WORKER_BUDGET).await;
                 if let Err(e) = staging::cleanup(&*client, self.settings.keep_runs).await {
                     tracing::warn!(error = %e, "staging cleanup failed; it is retried after the next run");
                 }

@@ -11,13 +11,14 @@ use axum::{
     extract::{RawQuery, State as AxState},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{get, post, put},
     Json, Router,
 };
 use rand::Rng;
 use serde_json::{json, Map, Value};
 
 use super::{
+    updates::{self, Module},
     Faults, SandboxState, Shared, State, StoredRecord, TokenInfo, ENDPOINT_CONTACTS_UPSERT,
     ENDPOINT_SALES_ORDERS, ENDPOINT_TOKEN,
 };
@@ -31,7 +32,19 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/oauth/v2/token", post(token))
         .route("/crm/v8/Contacts/upsert", post(upsert_contacts))
-        .route("/crm/v8/Sales_Orders", post(create_sales_orders))
+        .route(
+            "/crm/v8/Contacts",
+            put(|st, h, b| updates::update(st, Module::Contacts, h, b)),
+        )
+        .route(
+            "/crm/v8/Sales_Orders",
+            post(create_sales_orders)
+                .put(|st, h, b| updates::update(st, Module::SalesOrders, h, b)),
+        )
+        .route(
+            "/crm/v8/Sales_Orders/upsert",
+            post(updates::upsert_sales_orders),
+        )
         .route("/_sandbox/state", get(state))
         .route("/_sandbox/faults", get(get_faults).post(set_faults))
         .route("/_sandbox/expire-tokens", post(expire_tokens))
@@ -215,7 +228,7 @@ fn reject(status: StatusCode, code: &str, message: &str, details: Value) -> Box<
     Box::new(api_error(status, code, message, details))
 }
 
-struct InFlight(Arc<Shared>);
+pub(super) struct InFlight(Arc<Shared>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -304,7 +317,7 @@ fn too_many_requests() -> Response {
 
 /// The gate, then the records: what every CRM write call passes before its
 /// records are looked at. The guard counts the call in flight until dropped.
-async fn admit(
+pub(super) async fn admit(
     shared: &Arc<Shared>,
     endpoint: &str,
     headers: &HeaderMap,
@@ -354,7 +367,7 @@ fn records(body: &Bytes) -> Result<(Value, Vec<Value>), Box<Response>> {
 }
 
 /// Record `i` as an object, unless it is not one or a forced fault rejects it.
-fn record_object<'a>(
+pub(super) fn record_object<'a>(
     faults: &Faults,
     rec: &'a Value,
     i: usize,
@@ -372,7 +385,7 @@ fn record_object<'a>(
     }
 }
 
-fn record_error(code: &str, message: &str, details: Value) -> Value {
+pub(super) fn record_error(code: &str, message: &str, details: Value) -> Value {
     json!({"code": code, "details": details, "message": message, "status": "error"})
 }
 
@@ -403,7 +416,7 @@ fn rejected(faults: &Faults, rec: &Map<String, Value>, i: usize) -> Option<Value
     })
 }
 
-fn success_details(id: &str) -> Value {
+pub(super) fn success_details(id: &str) -> Value {
     let now = chrono::Utc::now().to_rfc3339();
     let user = json!({"name": "Integration User", "id": "5725767000000411001"});
     json!({
@@ -415,7 +428,7 @@ fn success_details(id: &str) -> Value {
     })
 }
 
-fn batch_status(items: &[Value], all_ok: StatusCode) -> StatusCode {
+pub(super) fn batch_status(items: &[Value], all_ok: StatusCode) -> StatusCode {
     let ok = items
         .iter()
         .filter(|i| i.get("status").and_then(Value::as_str) == Some("success"))
@@ -442,14 +455,7 @@ async fn upsert_contacts(
         Err(r) => return *r,
     };
     let mut s = shared.lock();
-    let dup_fields: Vec<String> = match doc.get("duplicate_check_fields").and_then(Value::as_array)
-    {
-        Some(a) => a
-            .iter()
-            .filter_map(|f| f.as_str().map(str::to_string))
-            .collect(),
-        None => s.opts.default_contact_duplicate_fields.clone(),
-    };
+    let dup_fields = duplicate_check_fields(&doc, &s.opts.default_contact_duplicate_fields);
     let items: Vec<Value> = data
         .iter()
         .enumerate()
@@ -457,6 +463,17 @@ async fn upsert_contacts(
         .collect();
     let status = batch_status(&items, StatusCode::OK);
     (status, Json(json!({"data": items}))).into_response()
+}
+
+/// The request's `duplicate_check_fields`, or the module's default.
+pub(super) fn duplicate_check_fields(doc: &Value, default: &[String]) -> Vec<String> {
+    match doc.get("duplicate_check_fields").and_then(Value::as_array) {
+        Some(a) => a
+            .iter()
+            .filter_map(|f| f.as_str().map(str::to_string))
+            .collect(),
+        None => default.to_vec(),
+    }
 }
 
 fn upsert_one(s: &mut State, i: usize, rec: &Value, dup_fields: &[String]) -> Value {
@@ -553,7 +570,7 @@ async fn create_sales_orders(
     (status, Json(json!({"data": items}))).into_response()
 }
 
-fn create_order(s: &mut State, i: usize, rec: &Value) -> Value {
+pub(super) fn create_order(s: &mut State, i: usize, rec: &Value) -> Value {
     let rec = match record_object(&s.faults, rec, i) {
         Ok(rec) => rec,
         Err(err) => return err,
@@ -564,16 +581,7 @@ fn create_order(s: &mut State, i: usize, rec: &Value) -> Value {
     {
         return err;
     }
-    let id = s.new_id();
-    let unique = s.opts.sales_order_unique_field.clone();
-    if let Some(key) = rec.get(&unique).and_then(field_text) {
-        s.order_index.insert(key, s.sales_orders.len());
-    }
-    s.sales_orders.push(StoredRecord {
-        id: id.clone(),
-        fields: rec.clone(),
-        writes: 1,
-    });
+    let id = s.push_order(rec.clone());
     let mut details = success_details(&id);
     details["$approval_state"] = json!("approved");
     json!({"code": "SUCCESS", "details": details, "message": "record added", "status": "success"})
@@ -618,12 +626,12 @@ fn missing_order_field(rec: &Map<String, Value>, i: usize) -> Option<Value> {
 }
 
 /// A `Contact_Name` lookup to a contact Zoho does not have.
-fn unknown_contact(s: &State, rec: &Map<String, Value>, i: usize) -> Option<Value> {
+pub(super) fn unknown_contact(s: &State, rec: &Map<String, Value>, i: usize) -> Option<Value> {
     let contact = rec.get("Contact_Name")?;
     let id = contact.get("id").and_then(field_text);
     let known = id
         .as_deref()
-        .is_some_and(|id| s.contacts.iter().any(|c| c.id == id));
+        .is_some_and(|id| s.contact_pos.contains_key(id));
     (!known).then(|| {
         record_error(
             "INVALID_DATA",

@@ -5,7 +5,8 @@
 //! "Access Denied" body, token-endpoint errors as HTTP 200 with an `error`
 //! key, eviction of the oldest token past the active-token cap, per-record
 //! results with HTTP 200/207/400, `DUPLICATE_DATA` on the sales-order unique
-//! field, and fault knobs (latency, 429, 5xx, a concurrency limit, records
+//! field, updates by id (`PUT`) and sales-order upserts on
+//! `duplicate_check_fields`, and fault knobs (latency, 429, 5xx, a concurrency limit, records
 //! rejected with `INVALID_DATA`, and "create, then time out").
 //!
 //! ```no_run
@@ -19,6 +20,7 @@
 //! ```
 
 mod handlers;
+mod updates;
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -35,6 +37,12 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 pub const ENDPOINT_TOKEN: &str = "oauth_token";
 pub const ENDPOINT_CONTACTS_UPSERT: &str = "contacts_upsert";
 pub const ENDPOINT_SALES_ORDERS: &str = "sales_orders_create";
+/// `PUT /crm/v8/Contacts`: contacts updated by id, up to 100 a call.
+pub const ENDPOINT_CONTACTS_UPDATE: &str = "contacts_update";
+/// `PUT /crm/v8/Sales_Orders`: orders updated by id, up to 100 a call.
+pub const ENDPOINT_SALES_ORDERS_UPDATE: &str = "sales_orders_update";
+/// `POST /crm/v8/Sales_Orders/upsert`, matched on `duplicate_check_fields`.
+pub const ENDPOINT_SALES_ORDERS_UPSERT: &str = "sales_orders_upsert";
 
 /// Start-up options. `Default` matches Zoho's documented limits.
 #[derive(Debug, Clone)]
@@ -154,6 +162,12 @@ impl SandboxState {
             .iter()
             .find(|c| c.fields.get(field).and_then(Value::as_str) == Some(value))
     }
+
+    pub fn order_by(&self, field: &str, value: &str) -> Option<&StoredRecord> {
+        self.sales_orders
+            .iter()
+            .find(|o| o.fields.get(field).and_then(Value::as_str) == Some(value))
+    }
 }
 
 struct TokenInfo {
@@ -171,6 +185,9 @@ pub(crate) struct State {
     sales_orders: Vec<StoredRecord>,
     /// Unique-field value → position in `sales_orders`.
     order_index: HashMap<String, usize>,
+    /// Record id → position, for updates by id and lookups.
+    contact_pos: HashMap<String, usize>,
+    order_pos: HashMap<String, usize>,
     calls: BTreeMap<String, u64>,
     tokens: HashMap<String, TokenInfo>,
     token_order: VecDeque<String>,
@@ -195,8 +212,26 @@ impl State {
     }
 
     fn push_contact(&mut self, record: StoredRecord) {
+        self.contact_pos
+            .insert(record.id.clone(), self.contacts.len());
         self.contacts.push(record);
         self.index_contact(self.contacts.len() - 1);
+    }
+
+    /// Stores a new sales order, indexed by id and unique field; its id.
+    fn push_order(&mut self, fields: Map<String, Value>) -> String {
+        let id = self.new_id();
+        let unique = &self.opts.sales_order_unique_field;
+        if let Some(key) = fields.get(unique).and_then(handlers::field_text) {
+            self.order_index.insert(key, self.sales_orders.len());
+        }
+        self.order_pos.insert(id.clone(), self.sales_orders.len());
+        self.sales_orders.push(StoredRecord {
+            id: id.clone(),
+            fields,
+            writes: 1,
+        });
+        id
     }
 
     fn new_id(&mut self) -> String {
@@ -241,6 +276,8 @@ impl ZohoSandbox {
                 contact_index: HashMap::new(),
                 sales_orders: Vec::new(),
                 order_index: HashMap::new(),
+                contact_pos: HashMap::new(),
+                order_pos: HashMap::new(),
                 calls: BTreeMap::new(),
                 tokens: HashMap::new(),
                 token_order: VecDeque::new(),
@@ -360,6 +397,11 @@ impl ZohoSandbox {
             writes: 1,
         });
         id
+    }
+
+    /// Adds a sales order directly, as if created in Zoho's UI.
+    pub fn insert_sales_order(&self, fields: Map<String, Value>) -> String {
+        self.shared.lock().push_order(fields)
     }
 
     /// A snapshot of records, call counts and token counts.

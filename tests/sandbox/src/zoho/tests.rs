@@ -476,3 +476,83 @@ async fn inspection_and_faults_endpoints_over_http() {
     assert_eq!(z.faults().fail_next_429, 2);
     assert_eq!(z.faults().latency, Duration::from_millis(5));
 }
+
+async fn put(z: &ZohoSandbox, path: &str, token: &str, body: Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .put(format!("{}{path}", z.base_url()))
+        .header("Authorization", format!("Zoho-oauthtoken {token}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn records_are_updated_by_id_and_orders_upserted_on_the_unique_field() {
+    let z = start().await;
+    let t = token(&z).await;
+    let (_, c) = post(
+        &z,
+        "/crm/v8/Contacts/upsert",
+        &t,
+        json!({"data": [{"Last_Name": "Boyle", "Email": "p@example.com"}]}),
+    )
+    .await;
+    let contact = c["data"][0]["details"]["id"].as_str().unwrap().to_string();
+
+    // By id: the same contact changes; an unknown id is refused per record.
+    let (status, body) = put(
+        &z,
+        "/crm/v8/Contacts",
+        &t,
+        json!({"data": [{"id": contact, "Email": "new@example.com"}, {"id": "42", "Email": "x"}]}),
+    )
+    .await;
+    assert_eq!(status, 207, "{body}");
+    assert_eq!(body["data"][0]["details"]["id"], contact.as_str());
+    assert_eq!(body["data"][1]["code"], "INVALID_DATA");
+    let s = z.state();
+    assert_eq!(s.contacts.len(), 1);
+    assert_eq!(s.contacts[0].fields["Email"], "new@example.com");
+    assert_eq!(
+        s.contacts[0].fields["Last_Name"], "Boyle",
+        "left-out fields stay"
+    );
+    assert_eq!(s.calls_to(ENDPOINT_CONTACTS_UPDATE), 1);
+
+    // Upsert on ERP_Booking_Id: inserted once, then updated in place.
+    let upsert = |price: f64| {
+        let mut o = order("b-9", Some(&contact));
+        o["Ordered_Items"][0]["List_Price"] = json!(price);
+        json!({"data": [o], "duplicate_check_fields": ["ERP_Booking_Id"]})
+    };
+    let (_, first) = post(&z, "/crm/v8/Sales_Orders/upsert", &t, upsert(100.0)).await;
+    assert_eq!(first["data"][0]["action"], "insert", "{first}");
+    let (_, second) = post(&z, "/crm/v8/Sales_Orders/upsert", &t, upsert(150.0)).await;
+    assert_eq!(second["data"][0]["action"], "update", "{second}");
+    assert_eq!(
+        second["data"][0]["details"]["id"],
+        first["data"][0]["details"]["id"]
+    );
+    let id = first["data"][0]["details"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, _) = put(
+        &z,
+        "/crm/v8/Sales_Orders",
+        &t,
+        json!({"data": [{"id": id, "Status": "Cancelled"}]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let s = z.state();
+    assert_eq!(s.sales_orders.len(), 1);
+    let o = &s.sales_orders[0];
+    assert_eq!(o.fields["Ordered_Items"][0]["List_Price"], 150.0);
+    assert_eq!(o.fields["Status"], "Cancelled");
+    assert_eq!(o.writes, 3);
+    assert_eq!(s.calls_to(ENDPOINT_SALES_ORDERS_UPSERT), 2);
+    assert_eq!(s.calls_to(ENDPOINT_SALES_ORDERS_UPDATE), 1);
+}
