@@ -642,3 +642,32 @@ async fn near_the_deadline_unsent_rows_are_handed_back_uncharged() {
         (0, Some(StopReason::Deadline))
     );
 }
+
+/// The swap holds the snapshot lock exclusively while it rewrites clients and
+/// bookings; a drain settling a batch waits for it instead of locking the
+/// same rows in the other order (a deadlock would abort the swap).
+#[tokio::test]
+async fn a_drain_settles_only_after_a_swap_in_progress_commits() {
+    let db = live_db().await;
+    let z = ZohoSandbox::start(ZohoOptions::default()).await.unwrap();
+    let ids = seed_contacts(&db, "swap", 3).await;
+    let mut swap = db.client().await;
+    let swap_tx = swap.transaction().await.unwrap();
+    shared::erp::snapshot::exclusive_lock(&swap_tx)
+        .await
+        .unwrap();
+
+    let d = drain(&db, &z);
+    let running = tokio::spawn(async move { run(&d).await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!running.is_finished(), "the drain settled during the swap");
+    assert_eq!(zoho_contact_id(&db, ids[0]).await, None);
+
+    swap_tx.commit().await.unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("the drain finishes once the swap commits")
+        .unwrap();
+    assert_eq!(report.succeeded, 3);
+    assert!(zoho_contact_id(&db, ids[0]).await.is_some());
+}

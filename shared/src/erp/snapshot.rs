@@ -30,6 +30,15 @@ pub async fn share_lock(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), D
     Ok(())
 }
 
+/// [`share_lock`] for the outbox drain's settle and lease rescue, which write
+/// Zoho ids and sync states onto clients and bookings in batches: without it
+/// a settle and a swap could lock the same rows in opposite orders.
+pub async fn share_lock_uncached(tx: &tokio_postgres::Transaction<'_>) -> Result<(), DbError> {
+    tx.execute("SELECT pg_advisory_xact_lock_shared($1)", &[&SNAPSHOT_LOCK])
+        .await?;
+    Ok(())
+}
+
 /// Taken by the swap's transaction before its first row lock; waits for the
 /// deliveries in flight and holds new ones back until commit.
 pub async fn exclusive_lock(tx: &tokio_postgres::Transaction<'_>) -> Result<(), DbError> {

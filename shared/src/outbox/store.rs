@@ -93,6 +93,7 @@ pub async fn rescue_expired(
     max_attempts: i32,
 ) -> Result<(u64, u64), OutboxError> {
     let tx = client.transaction().await?;
+    erp::snapshot::share_lock_uncached(&tx).await?;
     let rows = tx
         .query(
             "UPDATE integrations_outbox
@@ -191,6 +192,7 @@ pub(crate) async fn settle(
     settlements: &[Settlement],
 ) -> Result<Vec<Uuid>, OutboxError> {
     let tx = client.transaction().await?;
+    erp::snapshot::share_lock_uncached(&tx).await?;
     let owned = settle_rows(&tx, owner, settlements).await?;
     apply_effects(&tx, settlements, &owned).await?;
     tx.commit().await?;
