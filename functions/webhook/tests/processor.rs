@@ -526,14 +526,14 @@ fn processor_for(pool: &shared::platform::db::DbPool, kommo: &KommoSandbox) -> P
         },
     )
     .unwrap();
-    Processor::from(Pipeline {
-        pool: pool.clone(),
-        flags: Arc::new(shared::platform::flags::FeatureFlags::new(
+    Processor::from(Pipeline::new(
+        pool.clone(),
+        Arc::new(shared::platform::flags::FeatureFlags::new(
             pool.clone(),
             Duration::ZERO,
         )),
-        kommo: client,
-    })
+        client,
+    ))
 }
 
 #[tokio::test]
