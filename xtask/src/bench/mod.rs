@@ -59,10 +59,10 @@ pub struct BenchArgs {
     /// Outbox drain: contact.upsert rows (default 10,000; smoke 300).
     #[arg(long)]
     pub outbox_rows: Option<usize>,
-    /// Full refresh: leads in the Kommo sandbox (default 50,000; smoke 1,000).
+    /// Full refresh: leads the refresh imports (default 50,000; smoke 1,000); the sandbox also holds closed-lost ones.
     #[arg(long)]
     pub refresh_leads: Option<usize>,
-    /// Full refresh: contacts in the Kommo sandbox (default 50,000; smoke 1,000).
+    /// Full refresh: contacts in the Kommo sandbox (default 75,000, of which the leads link about 35,000; smoke 1,000).
     #[arg(long)]
     pub refresh_contacts: Option<usize>,
     /// Cold start: measured starts per binary (default 20; smoke 3).
@@ -97,7 +97,7 @@ impl Sizes {
             leads: pick(a.leads, 3_000, 200),
             outbox_rows: pick(a.outbox_rows, 10_000, 300),
             refresh_leads: pick(a.refresh_leads, 50_000, 1_000),
-            refresh_contacts: pick(a.refresh_contacts, 50_000, 1_000),
+            refresh_contacts: pick(a.refresh_contacts, 75_000, 1_000),
             cold_starts: pick(a.cold_starts, 20, 3),
         }
     }
