@@ -51,7 +51,7 @@ const DB_TIME_TARGET_S: f64 = 5.0;
 const RSS_LIMIT_MIB: f64 = 128.0;
 const SPEEDUP_TARGET: f64 = 20.0;
 const KOMMO_RATE: u32 = 7;
-const RATE_TOLERANCE: f64 = 0.10;
+const RATE_TOLERANCE: f64 = 0.05;
 /// Marks the child's result line on its stdout.
 const RESULT_PREFIX: &str = "BENCH_CHILD_RESULT ";
 
