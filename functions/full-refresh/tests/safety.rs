@@ -31,11 +31,7 @@ const CONFIRMED: i64 = 67548619;
 const DELIVERED: i64 = 67548623;
 
 fn processor(db: &TestDb, kommo: &KommoSandbox) -> Pipeline {
-    Pipeline {
-        pool: db.pool(),
-        flags: flags(db),
-        kommo: kommo_client(kommo),
-    }
+    Pipeline::new(db.pool(), flags(db), kommo_client(kommo))
 }
 
 /// Runs Kommo's deliveries of `events` through the webhook processor, one

@@ -45,7 +45,7 @@ fn processor(pool: DbPool, kommo: &KommoSandbox, token: &str, hold: Queue) -> Pr
         Duration::ZERO,
     ));
     Processor {
-        pipeline: Pipeline { pool, flags, kommo },
+        pipeline: Pipeline::new(pool, flags, kommo),
         hold_back: Some(HoldBack {
             queue: hold,
             base: UNIT,

@@ -90,6 +90,16 @@ impl World {
     async fn count(&self, sql: &str) -> i64 {
         count(&self.db.client().await, sql).await
     }
+
+    async fn text(&self, sql: &str) -> String {
+        self.db
+            .client()
+            .await
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
 }
 
 fn batch(records: Vec<SqsMessage>) -> SqsEvent {
@@ -237,6 +247,64 @@ async fn duplicates_inside_one_batch_are_applied_once() {
     assert_eq!((report.processed, report.duplicates), (1, 4));
     assert_eq!(w.count("SELECT count(*) FROM bookings").await, 1);
     assert_eq!(w.count("SELECT count(*) FROM integrations_outbox").await, 2);
+    // The batch is recorded in one statement: one row, four duplicates.
+    assert_eq!(
+        w.count("SELECT count(*) FROM kommo_webhook_events WHERE status = 'processed' AND duplicate_count = 4")
+            .await,
+        1
+    );
+    assert_eq!(
+        w.count("SELECT count(*) FROM kommo_webhook_events").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_operators_status_mapping_applies_once_the_cached_tables_expire() {
+    let w = World::new().await;
+    let lead_id = w.bookable_lead();
+    let p = w.processor();
+    let status_sql = format!("SELECT status FROM bookings WHERE kommo_lead_id = {lead_id}");
+    let booking_status = || w.text(&status_sql);
+    // A first batch loads the mapping tables into the container's cache.
+    w.kommo.set_lead_status(lead_id, 67548607);
+    w.deliver(&[WebhookEvent::lead_status(lead_id, 67548607)])
+        .await;
+    let (resp, _) = p.handle(batch(w.queued().await)).await;
+    assert!(resp.batch_item_failures.is_empty());
+
+    w.db.client()
+        .await
+        .execute(
+            "INSERT INTO kommo_status_map (status_id, label, booking_status)
+             VALUES (4242, 'Paid', 'confirmed'), (4243, 'Paid in full', 'confirmed')",
+            &[],
+        )
+        .await
+        .unwrap();
+    w.kommo.set_lead_status(lead_id, 4242);
+    w.deliver(&[WebhookEvent::lead_status(lead_id, 4242)]).await;
+    let (resp, report) = p.handle(batch(w.queued().await)).await;
+    assert!(resp.batch_item_failures.is_empty());
+    assert_eq!(report.processed, 1);
+    assert_eq!(
+        booking_status().await,
+        "requested",
+        "the cached tables are used"
+    );
+    assert_eq!(
+        w.count(&format!("SELECT count(*) FROM bookings WHERE kommo_lead_id = {lead_id} AND kommo_status_id = 4242")).await,
+        1
+    );
+
+    // Ten seconds later (MAPPING_TTL) the tables are read again.
+    p.pipeline.reload_mapping();
+    w.kommo.set_lead_status(lead_id, 4243);
+    w.deliver(&[WebhookEvent::lead_status(lead_id, 4243)]).await;
+    let (resp, report) = p.handle(batch(w.queued().await)).await;
+    assert!(resp.batch_item_failures.is_empty());
+    assert_eq!(report.processed, 1);
+    assert_eq!(booking_status().await, "confirmed");
 }
 
 #[tokio::test]
@@ -526,14 +594,14 @@ fn processor_for(pool: &shared::platform::db::DbPool, kommo: &KommoSandbox) -> P
         },
     )
     .unwrap();
-    Processor::from(Pipeline {
-        pool: pool.clone(),
-        flags: Arc::new(shared::platform::flags::FeatureFlags::new(
+    Processor::from(Pipeline::new(
+        pool.clone(),
+        Arc::new(shared::platform::flags::FeatureFlags::new(
             pool.clone(),
             Duration::ZERO,
         )),
-        kommo: client,
-    })
+        client,
+    ))
 }
 
 #[tokio::test]

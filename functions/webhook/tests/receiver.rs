@@ -137,7 +137,7 @@ fn processor(pool: shared::platform::db::DbPool) -> webhook::processor::Processo
         pool.clone(),
         std::time::Duration::ZERO,
     ));
-    webhook::processor::Processor::from(shared::ingest::Pipeline { pool, flags, kommo })
+    webhook::processor::Processor::from(shared::ingest::Pipeline::new(pool, flags, kommo))
 }
 
 /// The queued messages as the SQS event the processor gets.

@@ -12,7 +12,7 @@ use crate::{
     kommo::{
         map_contact, map_lead_with_contact,
         webhook::{Action, Delivery, Entity},
-        Contact, KommoClient, MappedContact, MappedLead, MappingConfig,
+        Contact, KommoClient, MappedContact, MappedLead, MappingCache,
     },
     platform::db::DbPool,
 };
@@ -88,22 +88,18 @@ pub fn needs_fetch(d: &Delivery) -> bool {
 }
 
 /// Reads the leads and contacts (one call each; a lead's main contact is read
-/// too) and maps them. The mapping tables come from the database.
+/// too) and maps them with the mapping tables `mapping` holds.
 pub async fn fetch(
     pool: &DbPool,
+    mapping: &MappingCache,
     kommo: &KommoClient,
     lead_ids: &[i64],
     contact_ids: &[i64],
 ) -> Result<Fetched, FetchError> {
-    let cfg = {
-        let client = pool
-            .get()
-            .await
-            .map_err(|e| FetchError::store(format!("mapping tables unavailable: {e}")))?;
-        MappingConfig::load(&**client)
-            .await
-            .map_err(|e| FetchError::store(e.to_string()))?
-    };
+    let cfg = mapping
+        .get(pool)
+        .await
+        .map_err(|e| FetchError::store(e.to_string()))?;
     let leads = if lead_ids.is_empty() {
         Vec::new()
     } else {

@@ -7,21 +7,24 @@
 //! delivery is applied in its own transaction ([`super::delivery`]).
 //! Failures come back as message ids to retry; the events table says why.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
     delivery::apply_delivery,
-    events::{mark_failed, record_received, record_unprocessable},
+    events::{mark_failed, record_batch, record_unprocessable, EventRow, Received},
     fetch::{self, contact_ids_to_fetch, lead_ids_to_fetch, needs_fetch, FetchError, Fetched},
     IngestError,
 };
 use crate::{
     kommo::{
         webhook::{body_hash, parse_delivery, Delivery, QueuedDelivery},
-        KommoClient,
+        KommoClient, MappingCache,
     },
     platform::{
         db::DbPool,
@@ -98,6 +101,21 @@ impl BatchOutcome {
         }
     }
 
+    /// Counts a message that is not processed in this batch.
+    fn skip(&mut self, message_id: &str, skipped: Skipped) {
+        match skipped {
+            Skipped::Duplicate => self.report.duplicates += 1,
+            Skipped::Rejected => self.report.rejected += 1,
+            Skipped::Failed { systemic } => {
+                self.report.failed += 1;
+                match systemic {
+                    true => self.hold(message_id, "the database is unavailable".into()),
+                    false => self.retry.push(message_id.to_string()),
+                }
+            }
+        }
+    }
+
     fn hold(&mut self, message_id: &str, cause: String) {
         self.retry.push(message_id.to_string());
         self.held_back.push(message_id.to_string());
@@ -105,11 +123,24 @@ impl BatchOutcome {
     }
 }
 
+/// How long a container uses the mapping tables before it reads them again.
+pub const MAPPING_TTL: Duration = Duration::from_secs(10);
+
 pub struct Pipeline {
     pub pool: DbPool,
     pub flags: Arc<FeatureFlags>,
     /// Rate-limited and retrying; one `leads_by_ids` and one `contacts_by_ids` call per batch.
     pub kommo: KommoClient,
+    /// Read once per [`MAPPING_TTL`], not once per batch.
+    mapping: MappingCache,
+}
+
+/// A message whose delivery parsed, before it is recorded.
+struct Parsed {
+    message_id: String,
+    body: String,
+    account_id: Option<i64>,
+    delivery: Delivery,
 }
 
 /// A delivery that made it into the events table and awaits processing.
@@ -120,6 +151,7 @@ struct Pending {
 }
 
 /// Why a message is not processed in this batch.
+#[derive(Clone, Copy)]
 enum Skipped {
     Duplicate,
     Rejected,
@@ -130,6 +162,20 @@ enum Skipped {
 }
 
 impl Pipeline {
+    pub fn new(pool: DbPool, flags: Arc<FeatureFlags>, kommo: KommoClient) -> Self {
+        Pipeline {
+            pool,
+            flags,
+            kommo,
+            mapping: MappingCache::new(MAPPING_TTL),
+        }
+    }
+
+    /// Forgets the cached mapping tables (tests, and after an operator's edit).
+    pub fn reload_mapping(&self) {
+        self.mapping.invalidate();
+    }
+
     /// Processes one batch of queue messages.
     pub async fn process(&self, messages: &[QueuedMessage<'_>]) -> BatchOutcome {
         self.process_until(messages, &Deadline::none()).await
@@ -200,24 +246,44 @@ impl Pipeline {
         }
     }
 
-    /// Records every message; returns those to process.
+    /// Records every message, the valid ones in one statement; returns
+    /// those to process.
     async fn record_all(
         &self,
         messages: &[QueuedMessage<'_>],
         out: &mut BatchOutcome,
     ) -> Vec<Pending> {
-        let mut pending = Vec::new();
+        let mut parsed = Vec::new();
         for m in messages {
-            match self.record(m).await {
-                Ok(p) => pending.push(p),
-                Err(Skipped::Duplicate) => out.report.duplicates += 1,
-                Err(Skipped::Rejected) => out.report.rejected += 1,
-                Err(Skipped::Failed { systemic }) => {
-                    out.report.failed += 1;
-                    match systemic {
-                        true => out.hold(m.message_id, "the database is unavailable".into()),
-                        false => out.retry.push(m.message_id.to_string()),
-                    }
+            match self.parse(m).await {
+                Ok(p) => parsed.push(p),
+                Err(skipped) => out.skip(m.message_id, skipped),
+            }
+        }
+        let rows = match self.record(&parsed).await {
+            Ok(rows) => rows,
+            Err(skipped) => {
+                for p in &parsed {
+                    out.skip(&p.message_id, skipped);
+                }
+                return Vec::new();
+            }
+        };
+        let mut pending = Vec::new();
+        for (p, row) in parsed.into_iter().zip(rows) {
+            match row {
+                Some(row) if row.status == "processed" || row.status == "rejected" => {
+                    tracing::info!(event_id = %row.id, sha256 = %body_hash(p.body.as_bytes()), "processor: duplicate delivery, already {}", row.status);
+                    out.skip(&p.message_id, Skipped::Duplicate);
+                }
+                Some(row) => pending.push(Pending {
+                    message_id: p.message_id,
+                    event_id: row.id,
+                    delivery: p.delivery,
+                }),
+                None => {
+                    tracing::error!(message_id = %p.message_id, "processor: the delivery was not recorded");
+                    out.skip(&p.message_id, Skipped::Failed { systemic: false });
                 }
             }
         }
@@ -230,7 +296,14 @@ impl Pipeline {
         lead_ids: &[i64],
         contact_ids: &[i64],
     ) -> Result<Fetched, FetchError> {
-        fetch::fetch(&self.pool, &self.kommo, lead_ids, contact_ids).await
+        fetch::fetch(
+            &self.pool,
+            &self.mapping,
+            &self.kommo,
+            lead_ids,
+            contact_ids,
+        )
+        .await
     }
 
     async fn fetch_for(&self, pending: &[Pending]) -> Result<Fetched, FetchError> {
@@ -284,8 +357,8 @@ impl Pipeline {
         }
     }
 
-    /// Records one message in the events table; `Ok` means: process it.
-    async fn record(&self, m: &QueuedMessage<'_>) -> Result<Pending, Skipped> {
+    /// Reads one message's envelope and delivery; `Ok` means: record it.
+    async fn parse(&self, m: &QueuedMessage<'_>) -> Result<Parsed, Skipped> {
         let message_id = m.message_id;
         let (body, account_id) = match QueuedDelivery::from_json(m.body) {
             Ok(env) => (env.body, env.account_id),
@@ -294,33 +367,42 @@ impl Pipeline {
                 return Err(self.unprocessable(m.body, message_id, &e.to_string()).await);
             }
         };
-        let delivery = match parse_delivery(body.as_bytes()) {
-            Ok(d) => d,
+        match parse_delivery(body.as_bytes()) {
+            Ok(delivery) => Ok(Parsed {
+                message_id: message_id.to_string(),
+                body,
+                account_id,
+                delivery,
+            }),
             Err(e) => {
                 tracing::error!(error = %e, message_id, "processor: queued body does not parse");
-                return Err(self.unprocessable(&body, message_id, &e.to_string()).await);
+                Err(self.unprocessable(&body, message_id, &e.to_string()).await)
             }
-        };
+        }
+    }
+
+    /// Records the parsed messages in the events table in one statement.
+    async fn record(&self, parsed: &[Parsed]) -> Result<Vec<Option<EventRow>>, Skipped> {
+        if parsed.is_empty() {
+            return Ok(Vec::new());
+        }
         let client = self.pool.get().await.map_err(|e| {
-            tracing::error!(error = %e, message_id, "processor: database unavailable");
+            tracing::error!(error = %e, "processor: database unavailable");
             Skipped::Failed { systemic: true }
         })?;
-        let row = record_received(&client, &body, account_id, Some(message_id))
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, message_id, "processor: could not record the delivery");
-                Skipped::Failed {
-                    systemic: e.is_unavailable(),
-                }
-            })?;
-        if row.status == "processed" || row.status == "rejected" {
-            tracing::info!(event_id = %row.id, sha256 = %body_hash(body.as_bytes()), "processor: duplicate delivery, already {}", row.status);
-            return Err(Skipped::Duplicate);
-        }
-        Ok(Pending {
-            message_id: message_id.to_string(),
-            event_id: row.id,
-            delivery,
+        let received: Vec<Received<'_>> = parsed
+            .iter()
+            .map(|p| Received {
+                body: &p.body,
+                account_id: p.account_id,
+                sqs_message_id: Some(&p.message_id),
+            })
+            .collect();
+        record_batch(&client, &received).await.map_err(|e| {
+            tracing::error!(error = %e, "processor: could not record the deliveries");
+            Skipped::Failed {
+                systemic: e.is_unavailable(),
+            }
         })
     }
 

@@ -3,15 +3,20 @@
 //!
 //! Operators can change field ids, status rules and the user map in the
 //! `kommo_field_map`, `kommo_status_map` and `kommo_user_map` tables without a
-//! deploy; [`MappingConfig::load`] reads them. Everything else here is pure.
+//! deploy; [`MappingConfig::load`] reads them and [`MappingCache`] keeps them
+//! for a few seconds in a warm container. Everything else here is pure.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use uuid::Uuid;
 
 use super::model::{Contact, CustomFieldValue, FieldValue, Lead};
-use crate::platform::text::non_empty;
+use crate::platform::{db::DbPool, text::non_empty};
 
 /// Kommo's "Closed - lost": outside the import even if the status table forgets it.
 pub const STATUS_LOST: i64 = 143;
@@ -31,6 +36,8 @@ pub enum MappingError {
     },
     #[error("mapping tables could not be read: {0}")]
     Db(#[from] tokio_postgres::Error),
+    #[error("mapping tables unavailable: {0}")]
+    Pool(String),
 }
 
 /// Custom field ids, from `kommo_field_map`.
@@ -156,6 +163,53 @@ impl MappingConfig {
             ),
             None => (DEFAULT_BOOKING_STATUS.to_string(), status_id == STATUS_LOST),
         }
+    }
+}
+
+/// The mapping tables of a warm container, read at most once per `ttl`.
+///
+/// A webhook batch used to read all three tables before its Kommo fetch,
+/// three round trips for tables an operator edits a few times a year. An
+/// edit now applies within `ttl`, as a feature flag does.
+pub struct MappingCache {
+    ttl: Duration,
+    cached: Mutex<Option<(Instant, Arc<MappingConfig>)>>,
+}
+
+impl MappingCache {
+    pub fn new(ttl: Duration) -> Self {
+        MappingCache {
+            ttl,
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// The cached tables, or fresh ones once they are older than `ttl`.
+    pub async fn get(&self, pool: &DbPool) -> Result<Arc<MappingConfig>, MappingError> {
+        if let Some(cfg) = self.fresh() {
+            return Ok(cfg);
+        }
+        let client = pool
+            .get()
+            .await
+            .map_err(|e| MappingError::Pool(e.to_string()))?;
+        let cfg = Arc::new(MappingConfig::load(&**client).await?);
+        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((Instant::now(), cfg.clone()));
+        Ok(cfg)
+    }
+
+    fn fresh(&self) -> Option<Arc<MappingConfig>> {
+        let cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        cached
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, cfg)| cfg.clone())
+    }
+
+    /// Forgets the cached tables, so the next batch reads them again.
+    pub fn invalidate(&self) {
+        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 

@@ -10,7 +10,7 @@ pub use budget::{BudgetSettings, Lane, SharedBudget};
 pub use client::{KommoClient, KommoClientOptions, KommoError, LeadsPage, Problem, MAX_PAGE_LIMIT};
 pub use mapping::{
     map_contact, map_lead, map_lead_with_contact, FieldMap, MappedContact, MappedLead,
-    MappingConfig, MappingError, StatusRule,
+    MappingCache, MappingConfig, MappingError, StatusRule,
 };
 pub use model::{
     AccountTimezone, CatalogElementLink, CatalogMetadata, Contact, ContactLink, CustomFieldValue,

@@ -85,7 +85,8 @@ pub static LEADS: StagingTable<StagedLead, 20> = StagingTable {
     types: [
         Type::UUID,
         Type::INT8,
-        Type::JSONB,
+        // json, not jsonb: see migration V12.
+        Type::JSON,
         Type::INT8,
         Type::INT8,
         Type::INT8,
@@ -115,7 +116,8 @@ pub static CONTACTS: StagingTable<StagedContact, 10> = StagingTable {
     types: [
         Type::UUID,
         Type::INT8,
-        Type::JSONB,
+        // json, not jsonb: see migration V12.
+        Type::JSON,
         Type::TEXT,
         Type::TEXT,
         Type::TEXT,

@@ -67,10 +67,10 @@ pub struct BenchArgs {
     /// Zoho lockstep: in-step bookings to reconcile (default 50,000; smoke 2,000).
     #[arg(long)]
     pub reconcile_bookings: Option<usize>,
-    /// Full refresh: leads in the Kommo sandbox (default 50,000; smoke 1,000).
+    /// Full refresh: leads the refresh imports (default 50,000; smoke 1,000); the sandbox also holds closed-lost ones.
     #[arg(long)]
     pub refresh_leads: Option<usize>,
-    /// Full refresh: contacts in the Kommo sandbox (default 50,000; smoke 1,000).
+    /// Full refresh: contacts in the Kommo sandbox (default 75,000, of which the leads link about 35,000; smoke 1,000).
     #[arg(long)]
     pub refresh_contacts: Option<usize>,
     /// Cold start: measured starts per binary (default 20; smoke 3).
@@ -109,7 +109,7 @@ impl Sizes {
             lockstep_changes: pick(a.lockstep_changes, 10_000, 500),
             reconcile_bookings: pick(a.reconcile_bookings, 50_000, 2_000),
             refresh_leads: pick(a.refresh_leads, 50_000, 1_000),
-            refresh_contacts: pick(a.refresh_contacts, 50_000, 1_000),
+            refresh_contacts: pick(a.refresh_contacts, 75_000, 1_000),
             cold_starts: pick(a.cold_starts, 20, 3),
         }
     }

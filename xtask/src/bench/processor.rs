@@ -39,7 +39,7 @@ use super::{
 
 const BATCH: usize = 10;
 const LEADS_PER_S_TARGET: f64 = 300.0;
-const RATIO_TARGET: f64 = 0.5;
+const RATIO_TARGET: f64 = 0.7;
 
 struct Delivery {
     lead_id: i64,
@@ -59,11 +59,11 @@ fn processor(db: &TestDb, kommo: &KommoSandbox) -> Result<Processor> {
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let pool = db.pool();
-    Ok(Processor::from(Pipeline {
-        pool: pool.clone(),
-        flags: Arc::new(FeatureFlags::new(pool, Duration::from_secs(10))),
-        kommo: client,
-    }))
+    Ok(Processor::from(Pipeline::new(
+        pool.clone(),
+        Arc::new(FeatureFlags::new(pool, Duration::from_secs(10))),
+        client,
+    )))
 }
 
 fn sqs_batch(chunk: &[Delivery], account_id: i64) -> SqsEvent {

@@ -1,5 +1,5 @@
-//! Scenario 4: the full refresh of a year with 50,000 leads and 50,000
-//! contacts in the Kommo sandbox.
+//! Scenario 4: the full refresh of a year with 50,000 leads to import, whose
+//! main contacts are about 35,000 of the Kommo sandbox's 75,000.
 //!
 //! The refresh runs in a child process (this same binary, started with a
 //! hidden argument), so its peak RSS (`VmHWM`) is that of a process doing
@@ -46,11 +46,12 @@ use super::{
     Bench,
 };
 
-const TIME_TARGET_S: f64 = 10.0;
+/// Database time of the whole run (staging writes, checkpoints, swap).
+const DB_TIME_TARGET_S: f64 = 5.0;
 const RSS_LIMIT_MIB: f64 = 128.0;
 const SPEEDUP_TARGET: f64 = 20.0;
 const KOMMO_RATE: u32 = 7;
-const RATE_TOLERANCE: f64 = 0.10;
+const RATE_TOLERANCE: f64 = 0.05;
 /// Marks the child's result line on its stdout.
 const RESULT_PREFIX: &str = "BENCH_CHILD_RESULT ";
 
@@ -174,8 +175,8 @@ async fn run_child(spec: &ChildSpec) -> Result<ChildResult> {
     serde_json::from_str(line).context("the refresh child's result")
 }
 
-/// An account whose `leads` leads were all created in `year`, so the
-/// refresh of that year imports every one of them.
+/// An account with `leads` leads created in `year` that the refresh of
+/// that year imports, and the closed-lost ones among them that it skips.
 fn account(leads: usize, contacts: usize, year: i32) -> data::AccountData {
     let from = Utc
         .with_ymd_and_hms(year, 1, 1, 0, 0, 0)
@@ -185,12 +186,22 @@ fn account(leads: usize, contacts: usize, year: i32) -> data::AccountData {
         .with_ymd_and_hms(year + 1, 1, 1, 0, 0, 0)
         .single()
         .map_or(0, |t| t.timestamp());
-    // Half the generated leads fall in the reference year; generate enough.
-    let mut account = data::generate(11, leads * 2 + leads / 5 + 20, contacts, year);
+    // Half the generated leads fall in the reference year and about one in
+    // eight of those is closed-lost; generate enough.
+    let mut account = data::generate(11, leads * 5 / 2 + 20, contacts, year);
     account
         .leads
         .retain(|l| l.created_at >= from && l.created_at < to);
-    account.leads.truncate(leads);
+    let mut importable = 0;
+    let keep = account
+        .leads
+        .iter()
+        .position(|l| {
+            importable += usize::from(l.status_id != data::STATUS_LOST);
+            importable == leads
+        })
+        .map_or(account.leads.len(), |i| i + 1);
+    account.leads.truncate(keep);
     account
 }
 
@@ -484,25 +495,40 @@ fn push_refresh_rows(b: &mut Bench, account: &Account, fast: &Measured) {
     let (r, fast_requests) = (&fast.result, fast.requests);
     let rss_mib = r.vm_hwm_kib as f64 / 1024.0;
     let size = format!("{} leads + {} contacts", r.leads, r.contacts);
+    let db_s = (r.staging_ms + r.swap_ms) as f64 / 1000.0;
     b.push(
         RowBuilder::new(
             "full refresh",
-            format!("fetch → swap, {size}"),
-            Quantity::new(r.seconds, "s"),
+            format!("fetch → swap, database time, {size}"),
+            Quantity::new(db_s, "s"),
         )
-        .baseline("limit", Quantity::new(TIME_TARGET_S, "s"))
+        .baseline("limit", Quantity::new(DB_TIME_TARGET_S, "s"))
         .target(
-            format!("< {TIME_TARGET_S:.0} s"),
-            r.seconds < TIME_TARGET_S,
+            format!("< {DB_TIME_TARGET_S:.0} s"),
+            db_s < DB_TIME_TARGET_S,
             b.judged(),
         )
         .detail(format!(
-            "zero-latency sandbox ({contacts} contacts in the account, {in_year} leads in {year}, {importable} of them not closed-lost), \
-             client rate limit lifted; {fast_requests} requests, {} pages, {} vehicles, \
-             {} records refused by the mapping; \
-             the worker reports {} ms writing staging and {} ms swapping",
-            r.pages, r.vehicles, r.skipped, r.staging_ms, r.swap_ms
+            "the worker's own account: {} ms writing staging and checkpoints, {} ms swapping; \
+             zero-latency sandbox ({contacts} contacts in the account, {in_year} leads in {year}, \
+             {importable} of them not closed-lost), client rate limit lifted; {fast_requests} requests, \
+             {} pages, {} vehicles, {} records refused by the mapping",
+            r.staging_ms, r.swap_ms, r.pages, r.vehicles, r.skipped
         ))
+        .build(),
+    );
+    b.push(
+        RowBuilder::new(
+            "full refresh",
+            format!("fetch → swap, wall time, {size}"),
+            Quantity::new(r.seconds, "s"),
+        )
+        .baseline("database time", Quantity::new(db_s, "s"))
+        .target("information only", true, false)
+        .detail(
+            "the rest is the sandbox's HTTP answers and the worker's JSON parsing and mapping, \
+             in two processes on the same two cores",
+        )
         .build(),
     );
     b.push(

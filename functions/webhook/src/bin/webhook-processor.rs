@@ -30,11 +30,7 @@ async fn main() -> Result<(), Error> {
             queue: ctx.queue(&ctx.config.kommo_events_queue_url),
             base: ctx.config.kommo_outage_hold,
         });
-    let pipeline = Pipeline {
-        pool: ctx.pool.clone(),
-        flags: ctx.flags.clone(),
-        kommo,
-    };
+    let pipeline = Pipeline::new(ctx.pool.clone(), ctx.flags.clone(), kommo);
     let processor = Arc::new(Processor {
         pipeline,
         hold_back,
