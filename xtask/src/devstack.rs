@@ -22,6 +22,9 @@ pub struct DevOptions {
     pub moto_port: u16,
     pub kommo_port: u16,
     pub zoho_port: u16,
+    /// A database of its own on the server, rather than its admin database:
+    /// a scripted run against a reused `DATABASE_URL` then starts empty.
+    pub own_database: bool,
 }
 
 impl Default for DevOptions {
@@ -33,6 +36,7 @@ impl Default for DevOptions {
             moto_port: 0,
             kommo_port: 0,
             zoho_port: 0,
+            own_database: false,
         }
     }
 }
@@ -76,7 +80,12 @@ impl DevStack {
         .await
         .context("start the Zoho sandbox")?;
 
-        let mut client = shared::platform::db::DbSettings::from_url(&pg.admin_url)
+        let db_url = if opts.own_database {
+            own_database(&pg.admin_url).await?
+        } else {
+            pg.admin_url
+        };
+        let mut client = shared::platform::db::DbSettings::from_url(&db_url)
             .context("DATABASE_URL")?
             .connect()
             .await
@@ -99,7 +108,7 @@ impl DevStack {
             .context("provision queues and secrets in moto")?;
 
         Ok(DevStack {
-            db_url: pg.admin_url,
+            db_url,
             aws_endpoint,
             kommo,
             zoho,
@@ -182,4 +191,28 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(false)
+}
+
+/// Creates `kommo_local_<pid>_<millis>` on the server of `admin_url` and
+/// answers its URL.
+async fn own_database(admin_url: &str) -> Result<String> {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    // Digits and underscores only: safe to quote into the statement.
+    let name = format!("kommo_local_{}_{millis}", std::process::id());
+    let admin = shared::platform::db::DbSettings::from_url(admin_url)
+        .context("DATABASE_URL")?
+        .connect()
+        .await
+        .context("connect to PostgreSQL")?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .await
+        .with_context(|| format!("create database {name}"))?;
+    let mut url = reqwest::Url::parse(admin_url).context("DATABASE_URL is not a URL")?;
+    url.set_path(&name);
+    eprintln!("xtask: this run uses its own database {name}");
+    Ok(url.to_string())
 }

@@ -67,6 +67,7 @@ impl LocalOptions {
             stack: DevOptions {
                 leads: 120,
                 contacts: 80,
+                own_database: true,
                 ..DevOptions::default()
             },
             port: stack::free_port()?,
