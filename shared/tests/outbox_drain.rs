@@ -671,3 +671,69 @@ async fn a_drain_settles_only_after_a_swap_in_progress_commits() {
     assert_eq!(report.succeeded, 3);
     assert!(zoho_contact_id(&db, ids[0]).await.is_some());
 }
+
+/// A producer changes a client (row lock) and queues its Zoho work (the
+/// outbox row) while a drain settles that client's contact: both finish,
+/// neither is aborted as a deadlock, and the change is queued for the next
+/// drain. The settle used to lock the outbox row before the client, the
+/// producer the other way round.
+#[tokio::test]
+async fn a_producer_and_a_settle_on_the_same_client_do_not_deadlock() {
+    let db = live_db().await;
+    let z = ZohoSandbox::start(ZohoOptions::default()).await.unwrap();
+    let ids = seed_contacts(&db, "race", 1).await;
+    let client = ids[0];
+
+    let mut producer = db.client().await;
+    let tx = producer.transaction().await.unwrap();
+    tx.execute(
+        "UPDATE clients SET email = 'race-new@example.com' WHERE id = $1",
+        &[&client],
+    )
+    .await
+    .unwrap();
+
+    let d = drain(&db, &z);
+    let running = tokio::spawn(async move { d.run(d.deadline_in(Duration::from_secs(60))).await });
+    // The drain has sent the contact and waits for the client row.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!running.is_finished());
+    shared::outbox::lockstep::enqueue_changed(
+        &tx,
+        shared::outbox::lockstep::Table::Clients,
+        &[client],
+    )
+    .await
+    .expect("the producer queues its work without a deadlock");
+    tx.commit().await.unwrap();
+
+    let report = tokio::time::timeout(Duration::from_secs(20), running)
+        .await
+        .expect("the drain finishes")
+        .unwrap()
+        .expect("the settle is not aborted");
+    // The contact went out with the old email; the change was queued behind
+    // it and, being due at once, sent by the same drain as an update.
+    assert_eq!(report.failed, 0, "{report:?}");
+    let st = z.state();
+    assert_eq!(st.contacts.len(), 1, "one contact, updated in place");
+    let zid = zoho_contact_id(&db, client)
+        .await
+        .expect("contact id stored");
+    let zc = st
+        .contact_by("Email", "race-new@example.com")
+        .expect("the change reached Zoho");
+    assert_eq!(zc.id, zid);
+    let live: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM integrations_outbox
+              WHERE entity_id = $1 AND status IN ('pending', 'processing', 'failed')",
+            &[&client],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(live, 0, "nothing left behind");
+}

@@ -69,3 +69,32 @@ async fn execute_cached(
 ) -> Result<u64, DbError> {
     Ok(tx.execute(&tx.prepare_cached(sql).await?, params).await?)
 }
+
+/// Row locks on the bookings, then the clients, that a batch of Zoho
+/// outcomes will write back, each in id order. Producers lock a booking,
+/// then its client, then insert their outbox row; the outbox settle takes
+/// these before it touches its outbox rows, so the two never wait on each
+/// other in a circle (a deadlock aborted one of them). `NO KEY UPDATE` is
+/// what the settle's own UPDATEs take: bookings may still reference the
+/// clients meanwhile.
+pub async fn lock_for_zoho_outcomes(
+    tx: &tokio_postgres::Transaction<'_>,
+    booking_ids: &[uuid::Uuid],
+    client_ids: &[uuid::Uuid],
+) -> Result<(), DbError> {
+    for (sql, ids) in [
+        (
+            "SELECT 1 FROM bookings WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+            booking_ids,
+        ),
+        (
+            "SELECT 1 FROM clients WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+            client_ids,
+        ),
+    ] {
+        if !ids.is_empty() {
+            tx.execute(sql, &[&ids]).await?;
+        }
+    }
+    Ok(())
+}

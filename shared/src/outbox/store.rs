@@ -193,6 +193,8 @@ pub(crate) async fn settle(
 ) -> Result<Vec<Uuid>, OutboxError> {
     let tx = client.transaction().await?;
     erp::snapshot::share_lock_uncached(&tx).await?;
+    let (bookings, clients) = effect_targets(settlements);
+    erp::lock_for_zoho_outcomes(&tx, &bookings, &clients).await?;
     let owned = settle_rows(&tx, owner, settlements).await?;
     apply_effects(&tx, settlements, &owned).await?;
     tx.commit().await?;
@@ -203,6 +205,21 @@ pub(crate) async fn settle(
         );
     }
     Ok(owned)
+}
+
+/// The bookings and clients a batch's outcomes write, whether or not this
+/// owner still holds every row (locking a few too many is harmless).
+fn effect_targets(settlements: &[Settlement]) -> (Vec<Uuid>, Vec<Uuid>) {
+    let (mut bookings, mut clients) = (Vec::new(), Vec::new());
+    for e in settlements.iter().flat_map(|s| &s.effects) {
+        match e {
+            Effect::ContactId { client_id, .. } => clients.push(*client_id),
+            Effect::SalesOrder { booking_id, .. } | Effect::BookingFailed { booking_id } => {
+                bookings.push(*booking_id)
+            }
+        }
+    }
+    (bookings, clients)
 }
 
 /// One statement for every outcome: each row's new status, error, response
