@@ -418,3 +418,54 @@ async fn a_late_contact_upsert_of_a_known_contact_updates_it_by_id() {
     assert_eq!(text(&s.contacts[0], "Email"), Some("late@example.com"));
     assert_eq!(s.calls_to(ENDPOINT_CONTACTS_UPDATE), 1);
 }
+
+/// Reconciles and drains side by side, repeatedly, over stubbed work: Zoho
+/// ends with each contact and order once, and a last reconcile finds
+/// everything in step.
+#[tokio::test]
+async fn reconciles_running_beside_drains_send_each_record_once() {
+    let db = std::sync::Arc::new(TestDb::new().await);
+    let z = ZohoSandbox::start(ZohoOptions::default()).await.unwrap();
+    for id in 1..=60 {
+        apply(&db, &lead(id, 10), &contact(id, 10)).await;
+    }
+    run(&drain(&db, &z)).await;
+    db.set_flag("enableZohoLive", true).await;
+
+    let small = ReconcileLimits {
+        page_rows: 7,
+        max_pages: 3,
+    };
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        let (db, d) = (std::sync::Arc::clone(&db), drain(&db, &z));
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..6 {
+                if i % 2 == 0 {
+                    let mut c = db.client().await;
+                    let deadline = Deadline::after(Duration::from_secs(60), Duration::ZERO);
+                    reconcile(&mut c, deadline, small).await.unwrap();
+                } else {
+                    run(&d).await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Finish what the interleaving left: a complete pass, then its drain.
+    assert!(reconciled(&db).await.complete);
+    run(&drain(&db, &z)).await;
+    assert_eq!(pending(&db).await, 0);
+
+    let s = z.state();
+    assert_eq!((s.contacts.len(), s.sales_orders.len()), (60, 60));
+    assert!(s
+        .contacts
+        .iter()
+        .chain(&s.sales_orders)
+        .all(|r| r.writes == 1));
+    let again = reconciled(&db).await;
+    assert_eq!((again.enqueued, again.complete), (0, true), "{again:?}");
+}

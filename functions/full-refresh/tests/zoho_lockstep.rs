@@ -9,16 +9,14 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use common::flags;
 use sandbox::{
     kommo::{KommoOptions, KommoSandbox},
     zoho::{ZohoOptions, ZohoSandbox},
 };
 use shared::{
-    kommo::{KommoClient, KommoClientOptions},
     outbox::{reconcile, Drain, ReconcileLimits},
-    platform::{deadline::Deadline, secrets::Redacted},
-    refresh::{RefreshSettings, RunStatus, Worker},
+    platform::deadline::Deadline,
+    refresh::{RefreshSettings, RunStatus},
 };
 use testkit::{
     refresh::{run_to_completion, MemoryQueue},
@@ -26,30 +24,6 @@ use testkit::{
 };
 
 const YEAR: i32 = 2025;
-
-fn worker(db: &TestDb, kommo: &KommoSandbox, queue: Arc<MemoryQueue>) -> Worker {
-    let options = KommoClientOptions {
-        rate_per_second: 1000,
-        timeout: Duration::from_secs(5),
-        max_retries: 1,
-        retry_min_delay: Duration::from_millis(5),
-        retry_max_delay: Duration::from_millis(20),
-        ids_per_request: 50,
-    };
-    let client = KommoClient::with_token(&kommo.base_url(), Redacted::new(kommo.token()), options)
-        .expect("kommo client");
-    Worker {
-        pool: db.pool(),
-        kommo: client,
-        queue,
-        flags: flags(db),
-        alerter: None,
-        settings: RefreshSettings {
-            page_limit: 50,
-            ..RefreshSettings::default()
-        },
-    }
-}
 
 /// Sandbox contacts may share an email; the client id keeps them apart.
 fn drain(db: &TestDb, z: &ZohoSandbox) -> Drain {
@@ -78,7 +52,11 @@ async fn after_a_full_refresh_and_one_reconcile_zoho_holds_each_client_and_booki
     .unwrap();
     let z = ZohoSandbox::start(ZohoOptions::default()).await.unwrap();
     let queue = Arc::new(MemoryQueue::default());
-    let w = worker(&db, &kommo, queue.clone());
+    let settings = RefreshSettings {
+        page_limit: 50,
+        ..RefreshSettings::default()
+    };
+    let w = common::worker(&db, &kommo, queue.clone(), settings);
     let run = run_to_completion(&w, &queue, "tester", YEAR).await.unwrap();
     assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.error);
 
