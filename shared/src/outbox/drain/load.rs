@@ -20,6 +20,8 @@ pub(super) struct ClientRow {
     /// `zoho_contact_fingerprint` of the fields above, as loaded: what is
     /// stored once Zoho accepts the record built from them.
     pub fingerprint: String,
+    /// Zoho holds this record as it is now (its id and fingerprint stored).
+    pub in_step: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -37,6 +39,8 @@ pub(super) struct BookingRow {
     pub zoho_sales_order_id: Option<String>,
     /// `zoho_order_fingerprint` of the fields above, as loaded.
     pub fingerprint: String,
+    /// Zoho holds this order as it is now (its id and fingerprint stored).
+    pub in_step: bool,
 }
 
 pub(super) type Clients = HashMap<Uuid, ClientRow>;
@@ -87,10 +91,14 @@ async fn bookings(conn: &tokio_postgres::Client, ids: &[Uuid]) -> Result<Booking
                             AS start_at,
                         to_char(end_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"+00:00\"')
                             AS end_at,
-                        zoho_order_fingerprint(client_id, title, external_code, total_amount,
-                                               currency, start_at, end_at, status, is_active)
-                            AS fingerprint
-                   FROM bookings WHERE id = ANY($1)) b",
+                        f.fingerprint,
+                        coalesce(zoho_sales_order_id IS NOT NULL
+                                 AND zoho_fingerprint = f.fingerprint, false) AS in_step
+                   FROM bookings,
+                        LATERAL (SELECT zoho_order_fingerprint(client_id, title, external_code,
+                                        total_amount, currency, start_at, end_at, status,
+                                        is_active) AS fingerprint) f
+                  WHERE id = ANY($1)) b",
         ids,
     )
     .await
@@ -101,9 +109,13 @@ async fn clients(conn: &tokio_postgres::Client, ids: &[Uuid]) -> Result<Clients,
         conn,
         "SELECT c.id, to_jsonb(c)
            FROM (SELECT id, first_name, last_name, full_name, email, phone, zoho_contact_id,
-                        zoho_contact_fingerprint(full_name, first_name, last_name, email, phone)
-                            AS fingerprint
-                   FROM clients WHERE id = ANY($1)) c",
+                        f.fingerprint,
+                        coalesce(zoho_contact_id IS NOT NULL
+                                 AND zoho_fingerprint = f.fingerprint, false) AS in_step
+                   FROM clients,
+                        LATERAL (SELECT zoho_contact_fingerprint(full_name, first_name, last_name,
+                                        email, phone) AS fingerprint) f
+                  WHERE id = ANY($1)) c",
         ids,
     )
     .await

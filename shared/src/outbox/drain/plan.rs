@@ -167,6 +167,10 @@ impl Plan {
         let mut queued: HashSet<Uuid> = HashSet::new();
         for row in sorted.contacts {
             if let Some(c) = clients.get(&row.entity_id) {
+                if c.in_step {
+                    plan.settled.push(in_step(&row));
+                    continue;
+                }
                 if queued.insert(row.entity_id) {
                     // A known contact is updated by its id, whatever the row
                     // says: an upsert matches on email, and a changed email
@@ -189,6 +193,10 @@ impl Plan {
                 plan.settled.push(failed(&row, error));
                 continue;
             };
+            if b.in_step {
+                plan.settled.push(in_step(&row));
+                continue;
+            }
             match &b.zoho_sales_order_id {
                 // Already created by an earlier row: nothing to send.
                 Some(existing) if row.event_type == EVENT_SALES_ORDER_CREATE => {
@@ -214,6 +222,19 @@ impl Plan {
         }
         plan
     }
+}
+
+/// A row whose record Zoho already holds as it is now: queued from a
+/// snapshot that a concurrent settle had just made stale (a reconcile beside
+/// the drain), or a change undone before the drain. No call.
+fn in_step(row: &ClaimedRow) -> Settlement {
+    settled(
+        row,
+        Outcome::Succeeded {
+            response: json!({"mode": "in_step"}),
+        },
+        Vec::new(),
+    )
 }
 
 fn already_synced(row: &ClaimedRow, zoho_id: &str) -> Settlement {

@@ -115,6 +115,7 @@ mod tests {
             phone: None,
             zoho_contact_id: None,
             fingerprint: String::new(),
+            in_step: false,
         }
     }
 
