@@ -4,23 +4,76 @@
 //! A page and the run's checkpoint are written in the same transaction by
 //! the worker, so staging always matches the checkpoint: a page is either
 //! staged and counted, or neither.
+//!
+//! The `COPY` stream is framed here rather than with tokio-postgres'
+//! `BinaryCopyInWriter`, which hands the connection a flush every 4 KB:
+//! with 1 KB of raw JSON per lead that was a socket write and a task wake-up
+//! every three rows, 25% of the load's time (docs/benchmarks.md, run 4).
+//! The values themselves are still encoded by tokio-postgres' `ToSql`.
 
+use std::error::Error;
 use std::pin::pin;
 
+use bytes::{BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
+use futures::SinkExt;
 use serde_json::Value;
-use tokio_postgres::{binary_copy::BinaryCopyInWriter, types::ToSql, types::Type, Transaction};
+use tokio_postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
+use tokio_postgres::Transaction;
 use uuid::Uuid;
 
 use super::RefreshError;
 use crate::kommo::MappedContact;
+
+/// A JSON document as compact text, serialised once when the page is mapped
+/// and written to staging byte for byte: the staging transaction does not
+/// spend its time turning `serde_json` trees into text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonText(String);
+
+impl JsonText {
+    pub fn of(v: &Value) -> Self {
+        JsonText(v.to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl ToSql for JsonText {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        // The binary forms of `text` and `json` are both the UTF-8 text.
+        out.put_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(*ty, Type::TEXT | Type::JSON)
+    }
+
+    to_sql_checked!();
+}
+
+impl<'a> FromSql<'a> for JsonText {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn Error + Sync + Send>> {
+        let text = <&str as FromSql>::from_sql(ty, raw)?;
+        // Only documents that parse are staged, and only as JSON.
+        serde_json::from_str::<&serde_json::value::RawValue>(text)?;
+        Ok(JsonText(text.to_string()))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(*ty, Type::TEXT | Type::JSON)
+    }
+}
 
 /// A lead as the mapping left it, ready for `stg_kommo_leads`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StagedLead {
     pub lead_id: i64,
     /// The lead as Kommo sent it, for troubleshooting.
-    pub payload: Value,
+    pub payload: JsonText,
     pub contact_id: Option<i64>,
     pub vehicle_enum_id: Option<i64>,
     pub source_enum_id: Option<i64>,
@@ -46,7 +99,7 @@ pub struct StagedLead {
 pub struct StagedContact {
     pub contact: MappedContact,
     /// The contact as Kommo sent it, for troubleshooting.
-    pub payload: Value,
+    pub payload: JsonText,
 }
 
 /// A lead's vehicle, ready for `stg_kommo_booking_vehicles`.
@@ -85,8 +138,8 @@ pub static LEADS: StagingTable<StagedLead, 20> = StagingTable {
     types: [
         Type::UUID,
         Type::INT8,
-        // json, not jsonb: see migration V12.
-        Type::JSON,
+        // text: see migrations V12 and V13.
+        Type::TEXT,
         Type::INT8,
         Type::INT8,
         Type::INT8,
@@ -116,8 +169,8 @@ pub static CONTACTS: StagingTable<StagedContact, 10> = StagingTable {
     types: [
         Type::UUID,
         Type::INT8,
-        // json, not jsonb: see migration V12.
-        Type::JSON,
+        // text: see migrations V12 and V13.
+        Type::TEXT,
         Type::TEXT,
         Type::TEXT,
         Type::TEXT,
@@ -188,6 +241,15 @@ fn vehicle_values<'a>(run_id: &'a Uuid, v: &'a StagedVehicle) -> [&'a (dyn ToSql
     ]
 }
 
+/// How much of the `COPY` stream is framed before it goes to the
+/// connection: large enough that a page of leads is a handful of writes,
+/// small enough that the server starts on the first rows while the rest
+/// are framed.
+const COPY_CHUNK_BYTES: usize = 32 * 1024;
+
+/// The binary `COPY` header: signature, flags, header extension length.
+const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
+
 /// Streams rows into `table` with `COPY … (FORMAT binary)`.
 async fn copy_rows<T, const N: usize>(
     tx: &Transaction<'_>,
@@ -199,16 +261,53 @@ async fn copy_rows<T, const N: usize>(
         return Ok(0);
     }
     let sink = tx
-        .copy_in(&format!(
+        .copy_in::<_, Bytes>(&format!(
             "COPY {} ({}) FROM STDIN (FORMAT binary)",
             table.name, table.columns
         ))
         .await?;
-    let mut writer = pin!(BinaryCopyInWriter::new(sink, &table.types));
+    let mut sink = pin!(sink);
+    let mut buf = BytesMut::with_capacity(2 * COPY_CHUNK_BYTES);
+    buf.put_slice(COPY_HEADER);
     for row in rows {
-        writer.as_mut().write(&(table.values)(run_id, row)).await?;
+        encode_row(&mut buf, table, &(table.values)(run_id, row))?;
+        if buf.len() >= COPY_CHUNK_BYTES {
+            sink.send(buf.split().freeze()).await?;
+        }
     }
-    Ok(writer.finish().await?)
+    // The trailer: a row of -1 fields.
+    buf.put_i16(-1);
+    sink.send(buf.split().freeze()).await?;
+    Ok(sink.as_mut().finish().await?)
+}
+
+/// One row of the binary `COPY` format: the field count, then each field's
+/// length (-1 for NULL) and bytes.
+fn encode_row<T, const N: usize>(
+    buf: &mut BytesMut,
+    table: &StagingTable<T, N>,
+    values: &[&(dyn ToSql + Sync); N],
+) -> Result<(), RefreshError> {
+    buf.put_i16(N as i16);
+    for (value, ty) in values.iter().zip(&table.types) {
+        let at = buf.len();
+        buf.put_i32(0);
+        let encoded = value.to_sql_checked(ty, buf).map_err(|e| {
+            RefreshError::Internal(format!("a {} value for {}: {e}", ty.name(), table.name))
+        })?;
+        let len = match encoded {
+            IsNull::Yes => -1,
+            IsNull::No => i32::try_from(buf.len() - at - 4).map_err(|_| {
+                RefreshError::Internal(format!(
+                    "a {} value over 2 GiB for {}",
+                    ty.name(),
+                    table.name
+                ))
+            })?,
+        };
+        buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+    Ok(())
 }
 
 /// Writes one page of rows into the three staging tables.

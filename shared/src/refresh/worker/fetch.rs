@@ -17,7 +17,7 @@ use crate::{
     },
     platform::deadline::Deadline,
     refresh::{
-        staging::{StagedContact, StagedLead, StagedPage, StagedVehicle},
+        staging::{JsonText, StagedContact, StagedLead, StagedPage, StagedVehicle},
         RefreshError,
     },
 };
@@ -128,7 +128,7 @@ impl Worker {
             match map_contact(&c) {
                 Ok(contact) => mapped.staged.contacts.push(StagedContact {
                     contact,
-                    payload: c.raw.clone(),
+                    payload: JsonText::of(&c.raw),
                 }),
                 Err(e) => {
                     tracing::warn!(error = %e, "contact skipped");
@@ -187,7 +187,7 @@ impl MappedPage {
         }
         self.staged.leads.push(StagedLead {
             lead_id: m.lead_id,
-            payload: lead.raw.clone(),
+            payload: JsonText::of(&lead.raw),
             contact_id: m.main_contact_id,
             vehicle_enum_id: m.vehicle_enum_id,
             source_enum_id: m.source_enum_id,
