@@ -507,6 +507,59 @@ async fn a_lease_that_expires_on_the_last_attempt_fails_the_row_and_the_booking(
     assert_eq!(sync_status(&c, booking).await, "failed");
 }
 
+/// A lease rescue that fails a booking's last attempt and a producer changing
+/// that booking and queuing its order: both finish, neither is aborted as a
+/// deadlock. The rescue used to lock the outbox row before the booking, the
+/// producer the other way round.
+#[tokio::test]
+async fn a_lease_rescue_and_a_producer_on_the_same_booking_do_not_deadlock() {
+    let db = TestDb::new().await;
+    let (client, booking) = seed_order(&db, "rescue-race@example.com").await;
+    let c = db.client().await;
+    c.execute("UPDATE integrations_outbox SET attempts = 4", &[])
+        .await
+        .unwrap();
+    let claimed = outbox::claim(&c, 100, Duration::from_secs(1), "dead-drain")
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    let mut producer = db.client().await;
+    let tx = producer.transaction().await.unwrap();
+    tx.execute(
+        "UPDATE bookings SET title = 'Van rental, two days' WHERE id = $1",
+        &[&booking],
+    )
+    .await
+    .unwrap();
+    let mut rescuer = db.client().await;
+    let rescue = tokio::spawn(async move { outbox::rescue_expired(&mut rescuer, 5).await });
+    // The rescue now waits for the booking the producer holds.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!rescue.is_finished());
+    outbox::enqueue_sales_order_create(&tx, booking, client)
+        .await
+        .expect("the producer queues its work without a deadlock");
+    tx.commit().await.unwrap();
+
+    let rescued = tokio::time::timeout(Duration::from_secs(20), rescue)
+        .await
+        .expect("the rescue finishes once the producer commits")
+        .unwrap()
+        .expect("the rescue is not aborted");
+    assert_eq!(rescued, (0, 1));
+    let r = row(&db, outbox::EVENT_SALES_ORDER_CREATE, booking).await;
+    assert_eq!(r.status, "failed");
+    assert_eq!(sync_status(&c, booking).await, "failed");
+    let title: String = c
+        .query_one("SELECT title FROM bookings WHERE id = $1", &[&booking])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(title, "Van rental, two days");
+}
+
 #[tokio::test]
 async fn an_order_created_then_timed_out_ends_with_one_order_and_its_id() {
     let db = live_db().await;

@@ -88,12 +88,31 @@ pub async fn claim(
 /// `pending`, or `failed` when they had used their last attempt; a booking
 /// whose sales order so failed is marked failed in the same transaction.
 /// Returns (requeued, failed).
+///
+/// Those bookings are locked before any outbox row, in the order a producer
+/// takes them (booking, then its outbox row): the other way round, a
+/// producer queuing work for the same booking waited for this transaction
+/// while it waited for the booking, and one of them was aborted as a
+/// deadlock. A booking that expires between the two statements is left for
+/// the next rescue rather than locked out of order.
 pub async fn rescue_expired(
     client: &mut tokio_postgres::Client,
     max_attempts: i32,
 ) -> Result<(u64, u64), OutboxError> {
     let tx = client.transaction().await?;
     erp::snapshot::share_lock_uncached(&tx).await?;
+    let doomed: Vec<Uuid> = tx
+        .query(
+            "SELECT entity_id FROM integrations_outbox
+              WHERE status = 'processing' AND locked_until < now() AND attempts >= $1
+                AND entity_type = $2 AND event_type = $3",
+            &[&max_attempts, &ENTITY_BOOKING, &EVENT_SALES_ORDER_CREATE],
+        )
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    erp::lock_for_zoho_outcomes(&tx, &doomed, &[]).await?;
     let rows = tx
         .query(
             "UPDATE integrations_outbox
@@ -106,8 +125,15 @@ pub async fn rescue_expired(
                     locked_by = NULL,
                     updated_at = now()
               WHERE status = 'processing' AND locked_until < now()
+                AND (attempts < $1 OR entity_type <> $2 OR event_type <> $3
+                     OR entity_id = ANY($4))
           RETURNING status, entity_type, entity_id, event_type",
-            &[&max_attempts],
+            &[
+                &max_attempts,
+                &ENTITY_BOOKING,
+                &EVENT_SALES_ORDER_CREATE,
+                &doomed,
+            ],
         )
         .await?;
     let (mut requeued, mut failed) = (0u64, 0u64);
