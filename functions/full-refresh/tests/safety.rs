@@ -241,6 +241,19 @@ async fn a_lead_deleted_during_the_run_stays_deleted_and_a_lead_paging_skipped_s
         .unwrap()
         .get(0);
     assert_eq!(staged, 0, "offset paging skipped the lead");
+    let written: i64 = c
+        .query_one(
+            "SELECT count(*) FROM stg_kommo_leads WHERE run_id = $1",
+            &[&run_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        i64::from(run.leads),
+        written,
+        "the run counts the leads it wrote, not the one deleted meanwhile"
+    );
     assert_eq!(run.kept_leads, 1, "Kommo still has it, so it was kept");
     let live = active(&db, LIVE_LEADS).await;
     assert!(live.contains(&skipped), "the skipped lead stays");

@@ -93,7 +93,30 @@ async fn pre_check(
         .await?
         .ok_or(RefreshError::UnknownRun(run_id))?;
     let year: i32 = run.get(0);
-    let counts = tx
+    let counts = staged_counts(&tx, run_id).await?;
+    let scope = scope::of_run(&tx, run_id).await?;
+    let active = scope::active_in_production(&tx, &scope).await?;
+    let previous = Some(i32::try_from(active).unwrap_or(i32::MAX));
+    statuses::record_unmapped(&tx, run_id).await?;
+    tx.commit().await?;
+    let staged = Staged {
+        started_at: run.get(1),
+        counts,
+        scope,
+        previous,
+    };
+    let c = &staged.counts;
+    let progress = json!({"leads": c.leads, "contacts": c.contacts, "vehicles": c.vehicles});
+    tracing::info!(%run_id, %progress, year, active_in_scope = active, kept = staged.scope.kept.len(), "swap pre-checks");
+    Ok(staged)
+}
+
+/// What the run's staging holds, as the swap will write it.
+async fn staged_counts(
+    client: &impl tokio_postgres::GenericClient,
+    run_id: Uuid,
+) -> Result<SwapCounts, RefreshError> {
+    let counts = client
         .query_one(
             "SELECT (SELECT count(*) FROM stg_kommo_leads WHERE run_id = $1),
                     (SELECT count(*) FROM stg_kommo_leads WHERE run_id = $1 AND excluded),
@@ -105,28 +128,14 @@ async fn pre_check(
             &[&run_id],
         )
         .await?;
-    let (leads, excluded): (i64, i64) = (counts.get(0), counts.get(1));
-    let scope = scope::of_run(&tx, run_id).await?;
-    let active = scope::active_in_production(&tx, &scope).await?;
-    let previous = Some(i32::try_from(active).unwrap_or(i32::MAX));
-    statuses::record_unmapped(&tx, run_id).await?;
-    tx.commit().await?;
-    let staged = Staged {
-        started_at: run.get(1),
-        counts: SwapCounts {
-            leads,
-            contacts: counts.get(2),
-            vehicles: counts.get(3),
-            bookings: leads - excluded,
-            excluded,
-        },
-        scope,
-        previous,
-    };
-    let c = &staged.counts;
-    let progress = json!({"leads": c.leads, "contacts": c.contacts, "vehicles": c.vehicles});
-    tracing::info!(%run_id, %progress, year, active_in_scope = active, kept = staged.scope.kept.len(), "swap pre-checks");
-    Ok(staged)
+    let (leads, excluded): (i64, i64) = (counts.try_get(0)?, counts.try_get(1)?);
+    Ok(SwapCounts {
+        leads,
+        contacts: counts.try_get(2)?,
+        vehicles: counts.try_get(3)?,
+        bookings: leads - excluded,
+        excluded,
+    })
 }
 
 /// The guard rails: no leads, or too few against what is active in
@@ -201,15 +210,15 @@ async fn replace_production(
         tracing::warn!(%run_id, "the run is no longer running or another worker holds its lock; swap skipped");
         return Ok(SwapOutcome::NotOwned);
     }
-    write_production(&tx, run_id, staged, settings).await?;
+    let counts = write_production(&tx, run_id, staged, settings).await?;
     // The row is ours since the first check; the lock is checked again.
     if !owned(&tx, run_id, RunStatus::Succeeded, settings.lock_key).await? {
         tracing::warn!(%run_id, "another worker took the run lock during the swap; rolled back");
         return Ok(SwapOutcome::NotOwned);
     }
     tx.commit().await?;
-    tracing::info!(%run_id, counts = ?staged.counts, "full refresh swapped into production");
-    Ok(SwapOutcome::Succeeded(staged.counts))
+    tracing::info!(%run_id, ?counts, "full refresh swapped into production");
+    Ok(SwapOutcome::Succeeded(counts))
 }
 
 /// Whether the run is `status` (its row locked for the transaction) and no
@@ -238,12 +247,14 @@ async fn owned(
 }
 
 /// Steps 2–9 inside the caller's transaction, which holds the run's row.
+/// Returns what was written: the staged counts less the leads deleted in
+/// Kommo since their page was fetched.
 async fn write_production(
     tx: &tokio_postgres::Transaction<'_>,
     run_id: Uuid,
     staged: &Staged,
     settings: &RefreshSettings,
-) -> Result<(), RefreshError> {
+) -> Result<SwapCounts, RefreshError> {
     // Each statement of the swap, not the whole of it, gets the timeout. JIT
     // off: the client match's estimate can pass `jit_above_cost`, and compiling
     // took 0.55 s for 0.3 s of work (docs/benchmarks.md, the swap's profile).
@@ -264,9 +275,12 @@ async fn write_production(
             &[&run_id, &staged.started_at],
         )
         .await?;
-    if deleted > 0 {
+    let counts = if deleted > 0 {
         tracing::info!(%run_id, deleted, "staged leads deleted in Kommo since their page was fetched are left out");
-    }
+        staged_counts(tx, run_id).await?
+    } else {
+        staged.counts
+    };
 
     // 2. No outbox writes from this transaction (see migration V4).
     tx.execute(
@@ -283,7 +297,6 @@ async fn write_production(
 
     // 8–9. Record the outcome with the data, so `succeeded` never shows
     //      for a swap that did not commit.
-    let counts = staged.counts;
     tx.execute(
         "UPDATE kommo_import_runs
             SET status = 'succeeded', phase = 'succeeded', finished_at = now(), updated_at = now(),
@@ -299,7 +312,7 @@ async fn write_production(
         ],
     )
     .await?;
-    Ok(())
+    Ok(counts)
 }
 
 /// An operator's decision on a run held as `needs_review`.
@@ -333,7 +346,7 @@ pub async fn approve(
         return Ok(Decision::NotHeld);
     };
     let guard: Option<String> = held.try_get(0)?;
-    write_production(&tx, run_id, &staged, settings).await?;
+    let counts = write_production(&tx, run_id, &staged, settings).await?;
     tx.execute(
         "INSERT INTO audit_log (actor, action, subject, previous, current)
          VALUES ($1, 'refresh.approve', $2, $3, $4)",
@@ -341,13 +354,13 @@ pub async fn approve(
             &approver,
             &run_id.to_string(),
             &json!({"status": "needs_review", "error": guard, "previous_leads": staged.previous}),
-            &json!({"status": "succeeded", "leads": staged.counts.leads}),
+            &json!({"status": "succeeded", "leads": counts.leads}),
         ],
     )
     .await?;
     tx.commit().await?;
-    tracing::warn!(%run_id, approver, counts = ?staged.counts, "held full refresh approved and swapped");
-    Ok(Decision::Approved(staged.counts))
+    tracing::warn!(%run_id, approver, ?counts, "held full refresh approved and swapped");
+    Ok(Decision::Approved(counts))
 }
 
 /// Closes a held run without touching production (`discard_import_run`,
