@@ -5,9 +5,11 @@
 //!   the active run's id, 403 with a `reason` when `enableKommoLive` is off.
 //! - `GET /integrations/kommo/full-refresh/{runId}`: the run with live progress.
 //! - `GET /integrations/kommo/full-refresh`: recent runs.
-//! - `POST /integrations/kommo/full-refresh/{runId}/approve` swaps a run held
-//!   as `needs_review` into production as it was staged (the guard waived);
-//!   `…/discard` closes it. Both need a role of their own
+//! - `POST /integrations/kommo/full-refresh/{runId}/approve` approves a run
+//!   held as `needs_review`: 202, and the worker swaps its staging into
+//!   production as it was staged (the guard waived), since a large account's
+//!   swap does not fit in API Gateway's 29 s; the run shows `approval` until
+//!   then. `…/discard` closes it (200). Both need a role of their own
 //!   (`FULL_REFRESH_ADMIN_ROLES`, default `refresh_admin`) and are audited;
 //!   409 when the run is not held.
 //!
@@ -27,7 +29,7 @@ use shared::{
     refresh::{
         runs,
         swap::{self, Decision},
-        zoho_work, JobQueue, RefreshError, RefreshSettings, StartOutcome,
+        JobMessage, JobQueue, RefreshError, RefreshSettings, StartOutcome,
     },
 };
 use uuid::Uuid;
@@ -221,18 +223,35 @@ impl HttpApp {
             .await
             .map_err(|e| db_unavailable(e.into()))?;
         let decision = match verdict {
-            Verdict::Approve => swap::approve(&mut client, id, sub, &self.settings).await,
+            Verdict::Approve => swap::request_approval(&client, id, sub).await,
             Verdict::Discard => swap::discard(&mut client, id, sub).await,
         };
-        if matches!(decision, Ok(Decision::Approved(_))) {
-            zoho_work::after_swap(&mut client, &self.flags, zoho_work::API_BUDGET).await;
-        }
+        drop(client);
         match decision {
             Ok(Decision::NotHeld) => Err(ApiError::new(
                 409,
                 "not_held",
                 "the run is not held for review",
             )),
+            Ok(Decision::ApprovalQueued) => {
+                // Approving again queues the job again: a lost message is
+                // mended by the button, and a duplicate finds the run done.
+                let job = JobMessage {
+                    run_id: id,
+                    invocation: 0,
+                };
+                self.queue.send(&job).await.map_err(|e| {
+                    tracing::error!(run_id = %id, error = %e, "could not queue the approved swap");
+                    ApiError::new(
+                        503,
+                        "queue_unavailable",
+                        "the approval is recorded but its swap could not be queued; approve again",
+                    )
+                })?;
+                let mut resp = self.status(&id.to_string()).await?;
+                resp.status_code = 202;
+                Ok(resp)
+            }
             Ok(_) => self.status(&id.to_string()).await,
             Err(RefreshError::UnknownRun(_)) => Err(ApiError::new(404, "not_found", "no such run")),
             Err(e) => Err(refresh_error(e)),

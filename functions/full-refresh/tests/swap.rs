@@ -8,14 +8,17 @@ use chrono::{TimeZone, Utc};
 use common::*;
 use serde_json::json;
 use shared::kommo::MappedContact;
+use shared::platform::deadline::Deadline;
+use shared::refresh::JobOutcome;
 use shared::refresh::{
     runs::{self, RunStatus, StartOutcome},
     staging::{self, JsonText, StagedContact, StagedLead, StagedPage, StagedVehicle},
     swap::{swap, SwapOutcome},
     RefreshSettings,
 };
+use std::sync::Arc;
 use testkit::{
-    refresh::{stage_page_with, StagingMethod},
+    refresh::{stage_page_with, MemoryQueue, StagingMethod},
     TestDb,
 };
 use uuid::Uuid;
@@ -674,17 +677,31 @@ async fn held_run(db: &TestDb, held: i64) -> Uuid {
     run2
 }
 
-async fn decide(db: &TestDb, run_id: Uuid, verdict: &str, role: &str) -> (u16, serde_json::Value) {
-    let app = http_app(
-        db,
-        std::sync::Arc::new(testkit::refresh::MemoryQueue::default()),
-    );
+async fn decide(
+    db: &TestDb,
+    queue: &Arc<MemoryQueue>,
+    run_id: Uuid,
+    verdict: &str,
+    role: &str,
+) -> (u16, serde_json::Value) {
+    let app = http_app(db, queue.clone());
     let path = format!("/integrations/kommo/full-refresh/{run_id}/{verdict}");
     let resp = app
         .handle(request("POST", &path, "", Some(&token("dana", role)), None))
         .await;
     let body = body_json(&resp);
     (resp.status_code as u16, body)
+}
+
+/// Works off the queued jobs as the worker Lambda would.
+async fn work_off(db: &TestDb, queue: &Arc<MemoryQueue>) -> Vec<JobOutcome> {
+    let kommo = sandbox(1, 1).await;
+    let w = worker(db, &kommo, queue.clone(), RefreshSettings::default());
+    let mut outcomes = Vec::new();
+    while let Some(job) = queue.pop() {
+        outcomes.push(w.process(&job, Deadline::none()).await.unwrap());
+    }
+    outcomes
 }
 
 async fn audit_actor(db: &TestDb, action: &str, run_id: Uuid) -> Option<String> {
@@ -702,16 +719,32 @@ async fn audit_actor(db: &TestDb, action: &str, run_id: Uuid) -> Option<String> 
 #[tokio::test]
 async fn a_refresh_admin_approves_a_held_run_into_production_and_it_is_audited() {
     let db = TestDb::new().await;
+    let queue = Arc::new(MemoryQueue::default());
     let run = held_run(&db, 5).await; // 6 leads against 10
     let before = dump_production(&db).await;
 
-    let (status, body) = decide(&db, run, "approve", "ops").await;
+    let (status, body) = decide(&db, &queue, run, "approve", "ops").await;
     assert_eq!(status, 403, "starting a run is not deciding one: {body}");
-    assert_eq!(dump_production(&db).await, before);
+    assert!(queue.is_empty());
 
-    let (status, body) = decide(&db, run, "approve", "refresh_admin").await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["status"], "succeeded");
+    // The API records the approval and queues the swap for the worker.
+    let (status, body) = decide(&db, &queue, run, "approve", "refresh_admin").await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "needs_review");
+    assert_eq!(body["approval"]["by"], "dana");
+    assert_eq!(dump_production(&db).await, before, "nothing swapped yet");
+    // A second click is harmless: same approver, one more job.
+    let (status, body) = decide(&db, &queue, run, "approve", "refresh_admin").await;
+    assert_eq!((status, &body["approval"]["by"]), (202, &json!("dana")));
+    assert_eq!(queue.len(), 2);
+
+    assert_eq!(
+        work_off(&db, &queue).await,
+        vec![
+            JobOutcome::Finished(RunStatus::Succeeded),
+            JobOutcome::Skipped
+        ]
+    );
     assert_ne!(
         dump_production(&db).await,
         before,
@@ -723,16 +756,17 @@ async fn a_refresh_admin_approves_a_held_run_into_production_and_it_is_audited()
         Some("dana")
     );
 
-    let (status, _) = decide(&db, run, "approve", "refresh_admin").await;
+    let (status, _) = decide(&db, &queue, run, "approve", "refresh_admin").await;
     assert_eq!(status, 409, "a decided run is no longer held");
 }
 
 #[tokio::test]
 async fn a_discarded_run_leaves_production_alone_and_is_audited() {
     let db = TestDb::new().await;
+    let queue = Arc::new(MemoryQueue::default());
     let run = held_run(&db, 2).await; // 3 leads against 10
     let before = dump_production(&db).await;
-    let (status, body) = decide(&db, run, "discard", "refresh_admin").await;
+    let (status, body) = decide(&db, &queue, run, "discard", "refresh_admin").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "failed");
     assert_eq!(dump_production(&db).await, before);
@@ -740,8 +774,25 @@ async fn a_discarded_run_leaves_production_alone_and_is_audited() {
         audit_actor(&db, "refresh.discard", run).await.as_deref(),
         Some("dana")
     );
-    let (status, _) = decide(&db, run, "approve", "refresh_admin").await;
+    let (status, _) = decide(&db, &queue, run, "approve", "refresh_admin").await;
     assert_eq!(status, 409, "a discarded run cannot be approved");
+    assert!(queue.is_empty());
+}
+
+#[tokio::test]
+async fn a_discard_before_the_worker_swaps_an_approved_run_wins() {
+    let db = TestDb::new().await;
+    let queue = Arc::new(MemoryQueue::default());
+    let run = held_run(&db, 2).await;
+    let before = dump_production(&db).await;
+    let (status, _) = decide(&db, &queue, run, "approve", "refresh_admin").await;
+    assert_eq!(status, 202);
+    let (status, body) = decide(&db, &queue, run, "discard", "refresh_admin").await;
+    assert_eq!((status, &body["status"]), (200, &json!("failed")));
+
+    assert_eq!(work_off(&db, &queue).await, vec![JobOutcome::Skipped]);
+    assert_eq!(dump_production(&db).await, before);
+    assert_eq!(status_of(&db, run).await.0, "failed");
 }
 
 #[tokio::test]

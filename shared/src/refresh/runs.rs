@@ -74,13 +74,17 @@ pub struct RunRecord {
     /// Staged leads in statuses nobody has mapped, and which statuses.
     pub unmapped_leads: i32,
     pub unmapped_statuses: Value,
+    /// Who approved a held run, and when; the worker swaps it.
+    pub approved_by: Option<String>,
+    pub approved_at: Option<DateTime<Utc>>,
 }
 
 pub(crate) const RUN_COLUMNS: &str =
     "id, triggered_by, status, year, phase, started_at, finished_at, \
      leads_count, contacts_count, vehicles_count, pages_fetched, last_success_count, checkpoint, \
      http_status, error, updated_at, scope_from, scope_to, \
-     cardinality(kept_lead_ids) AS kept_leads, unmapped_leads, unmapped_statuses";
+     cardinality(kept_lead_ids) AS kept_leads, unmapped_leads, unmapped_statuses, \
+     approved_by, approved_at";
 
 impl RunRecord {
     pub(crate) fn from_row(r: &Row) -> Self {
@@ -108,6 +112,8 @@ impl RunRecord {
             kept_leads: r.get("kept_leads"),
             unmapped_leads: r.get("unmapped_leads"),
             unmapped_statuses: r.get("unmapped_statuses"),
+            approved_by: r.get("approved_by"),
+            approved_at: r.get("approved_at"),
         }
     }
 
@@ -134,6 +140,7 @@ impl RunRecord {
             "keptLeads": self.kept_leads,
             "unmappedLeads": self.unmapped_leads,
             "unmappedStatuses": self.unmapped_statuses,
+            "approval": self.approved_by.as_ref().map(|by| json!({"by": by, "at": self.approved_at})),
         })
     }
 }

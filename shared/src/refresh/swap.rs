@@ -320,10 +320,44 @@ async fn write_production(
 pub enum Decision {
     /// The run's staging is in production, as it was staged.
     Approved(SwapCounts),
+    /// The approval is recorded; the worker swaps the run.
+    ApprovalQueued,
     /// The run is closed; production is as it was.
     Discarded,
     /// The run is not (or no longer) held for review.
     NotHeld,
+}
+
+/// Records an admin's approval of a held run, for the worker to carry out
+/// with [`approve`]. The first approver stands; approving again only says
+/// whether the run is still held. `NotHeld` when it is not.
+pub async fn request_approval(
+    client: &tokio_postgres::Client,
+    run_id: Uuid,
+    approver: &str,
+) -> Result<Decision, RefreshError> {
+    let known = client
+        .query_opt(
+            "UPDATE kommo_import_runs
+                SET approved_by = coalesce(approved_by, $2),
+                    approved_at = coalesce(approved_at, now()),
+                    phase = 'approved', updated_at = now()
+              WHERE id = $1 AND status = 'needs_review'
+          RETURNING approved_by",
+            &[&run_id, &approver],
+        )
+        .await?;
+    if known.is_some() {
+        tracing::warn!(%run_id, approver, "held full refresh approved; the worker swaps it");
+        return Ok(Decision::ApprovalQueued);
+    }
+    let exists = client
+        .query_opt("SELECT 1 FROM kommo_import_runs WHERE id = $1", &[&run_id])
+        .await?;
+    match exists {
+        Some(_) => Ok(Decision::NotHeld),
+        None => Err(RefreshError::UnknownRun(run_id)),
+    }
 }
 
 /// Swaps a held run's staging into production as it is, the guard waived,

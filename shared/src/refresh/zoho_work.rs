@@ -13,11 +13,9 @@ use crate::{
     platform::{deadline::Deadline, flags::FeatureFlags},
 };
 
-/// How long the worker's reconcile after a swap may take; the daily
-/// reconcile finishes a pass this one leaves open.
+/// How long the worker's reconcile after a swap (its own, or an approved
+/// run's) may take; the daily reconcile finishes a pass this one leaves open.
 pub const WORKER_BUDGET: Duration = Duration::from_secs(60);
-/// The same after an approval, inside API Gateway's 30 seconds.
-pub const API_BUDGET: Duration = Duration::from_secs(10);
 
 /// Reconciles for at most `budget` after a successful swap. A failure is
 /// logged, not raised: the swap has committed, and the daily reconcile

@@ -8,7 +8,9 @@
 //! looks at the deadline, so a run always makes progress however short the
 //! time left. An invocation that fetched does not start the swap without
 //! the swap's timeout left: a fresh one confirms the leads missing from
-//! staging with Kommo ([`confirm`]) and swaps.
+//! staging with Kommo ([`confirm`]) and swaps. A held run an admin approved
+//! comes back as a job too: the worker swaps it, since that swap may take
+//! longer than an HTTP request may.
 
 mod checkpoint;
 mod confirm;
@@ -27,7 +29,7 @@ use super::{
     runs::{self, RunRecord, RunStatus},
     settings::RefreshSettings,
     staging, statuses,
-    swap::{swap, SwapOutcome},
+    swap::{self, swap, Decision, SwapOutcome},
     zoho_work, RefreshError,
 };
 use crate::{
@@ -104,6 +106,9 @@ impl Worker {
             tracing::warn!(%run_id, "job for an unknown run; dropped");
             return Ok(JobOutcome::Skipped);
         };
+        if let (RunStatus::NeedsReview, Some(approver)) = (run.status, run.approved_by.as_deref()) {
+            return self.swap_approved(client, run_id, approver).await;
+        }
         if !run.status.is_active() {
             tracing::info!(%run_id, status = run.status.as_str(), "run already over; job dropped");
             return Ok(JobOutcome::Skipped);
@@ -315,10 +320,7 @@ impl Worker {
         }
         let status = match swapped {
             Ok(SwapOutcome::Succeeded(_)) => {
-                zoho_work::after_swap(client, &self.flags, zoho_work::WORKER_BUDGET).await;
-                if let Err(e) = staging::cleanup(&*client, self.settings.keep_runs).await {
-                    tracing::warn!(error = %e, "staging cleanup failed; it is retried after the next run");
-                }
+                self.after_success(client).await;
                 RunStatus::Succeeded
             }
             Ok(SwapOutcome::NoLeads) => RunStatus::Failed,
@@ -336,6 +338,35 @@ impl Worker {
         alert::count_finished(status);
         self.alert(client, run_id).await;
         Ok(JobOutcome::Finished(status))
+    }
+
+    /// A held run an admin approved: its staging swapped as it is, the guard
+    /// waived ([`swap::approve`]). A run discarded meanwhile stays discarded.
+    async fn swap_approved(
+        &self,
+        client: &mut tokio_postgres::Client,
+        run_id: Uuid,
+        approver: &str,
+    ) -> Result<JobOutcome, RefreshError> {
+        match swap::approve(client, run_id, approver, &self.settings).await? {
+            Decision::Approved(_) => {
+                self.after_success(client).await;
+                alert::count_finished(RunStatus::Succeeded);
+                Ok(JobOutcome::Finished(RunStatus::Succeeded))
+            }
+            other => {
+                tracing::info!(%run_id, ?other, "approved run no longer held; job dropped");
+                Ok(JobOutcome::Skipped)
+            }
+        }
+    }
+
+    /// After a swap commits: the Zoho work of what changed, old staging.
+    async fn after_success(&self, client: &mut tokio_postgres::Client) {
+        zoho_work::after_swap(client, &self.flags, zoho_work::WORKER_BUDGET).await;
+        if let Err(e) = staging::cleanup(&*client, self.settings.keep_runs).await {
+            tracing::warn!(error = %e, "staging cleanup failed; it is retried after the next run");
+        }
     }
 
     async fn close(
