@@ -695,11 +695,23 @@ async fn decide(
 
 /// Works off the queued jobs as the worker Lambda would.
 async fn work_off(db: &TestDb, queue: &Arc<MemoryQueue>) -> Vec<JobOutcome> {
+    work_off_with(db, queue, RefreshSettings::default())
+        .await
+        .into_iter()
+        .map(|r| r.expect("the job succeeds"))
+        .collect()
+}
+
+async fn work_off_with(
+    db: &TestDb,
+    queue: &Arc<MemoryQueue>,
+    settings: RefreshSettings,
+) -> Vec<Result<JobOutcome, shared::refresh::RefreshError>> {
     let kommo = sandbox(1, 1).await;
-    let w = worker(db, &kommo, queue.clone(), RefreshSettings::default());
+    let w = worker(db, &kommo, queue.clone(), settings);
     let mut outcomes = Vec::new();
     while let Some(job) = queue.pop() {
-        outcomes.push(w.process(&job, Deadline::none()).await.unwrap());
+        outcomes.push(w.process(&job, Deadline::none()).await);
     }
     outcomes
 }
@@ -758,6 +770,59 @@ async fn a_refresh_admin_approves_a_held_run_into_production_and_it_is_audited()
 
     let (status, _) = decide(&db, &queue, run, "approve", "refresh_admin").await;
     assert_eq!(status, 409, "a decided run is no longer held");
+}
+
+/// An approved swap that fails (here: it cannot get the snapshot lock within
+/// its statement timeout) is rolled back whole; the run stays held with its
+/// approval and says so, and approving again swaps it.
+#[tokio::test]
+async fn an_approved_swap_that_fails_leaves_the_run_held_and_can_be_approved_again() {
+    let db = TestDb::new().await;
+    let queue = Arc::new(MemoryQueue::default());
+    let run = held_run(&db, 5).await;
+    let before = dump_production(&db).await;
+    let (status, _) = decide(&db, &queue, run, "approve", "refresh_admin").await;
+    assert_eq!(status, 202);
+
+    let mut other = db.client().await;
+    let blocker = other.transaction().await.unwrap();
+    shared::erp::snapshot::exclusive_lock(&blocker)
+        .await
+        .unwrap();
+    let short = RefreshSettings {
+        swap_timeout: std::time::Duration::from_millis(300),
+        ..RefreshSettings::default()
+    };
+    let outcomes = work_off_with(&db, &queue, short).await;
+    assert!(
+        matches!(outcomes.as_slice(), [Err(_)]),
+        "the job fails, so SQS retries it: {outcomes:?}"
+    );
+    blocker.rollback().await.unwrap();
+    assert_eq!(dump_production(&db).await, before, "nothing half-written");
+    let held = db
+        .client()
+        .await
+        .query_one(
+            "SELECT status, phase FROM kommo_import_runs WHERE id = $1",
+            &[&run],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (held.get::<_, String>(0), held.get::<_, String>(1)),
+        ("needs_review".into(), "approved_swap_failed".into())
+    );
+    let (status, body) = decide(&db, &queue, run, "approve", "refresh_admin").await;
+    assert_eq!(status, 202);
+    assert_eq!(body["status"], "needs_review");
+    assert_eq!(body["approval"]["by"], "dana");
+
+    assert_eq!(
+        work_off(&db, &queue).await,
+        vec![JobOutcome::Finished(RunStatus::Succeeded)]
+    );
+    assert_ne!(dump_production(&db).await, before);
 }
 
 #[tokio::test]

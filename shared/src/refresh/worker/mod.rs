@@ -348,7 +348,26 @@ impl Worker {
         run_id: Uuid,
         approver: &str,
     ) -> Result<JobOutcome, RefreshError> {
-        match swap::approve(client, run_id, approver, &self.settings).await? {
+        let decision = match swap::approve(client, run_id, approver, &self.settings).await {
+            Ok(decision) => decision,
+            Err(e) => {
+                // Rolled back: the run stays held with its approval, the
+                // phase says the swap failed, and SQS retries the job.
+                tracing::error!(%run_id, error = %e, "the approved swap failed and was rolled back");
+                let marked = client
+                    .execute(
+                        "UPDATE kommo_import_runs SET phase = 'approved_swap_failed', updated_at = now()
+                          WHERE id = $1 AND status = 'needs_review'",
+                        &[&run_id],
+                    )
+                    .await;
+                if let Err(mark) = marked {
+                    tracing::warn!(%run_id, error = %mark, "could not mark the failed approved swap");
+                }
+                return Err(e);
+            }
+        };
+        match decision {
             Decision::Approved(_) => {
                 self.after_success(client).await;
                 alert::count_finished(RunStatus::Succeeded);
