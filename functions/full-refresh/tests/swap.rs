@@ -134,10 +134,44 @@ async fn stage(db: &TestDb, run_id: Uuid, page: &StagedPage, method: StagingMeth
 }
 
 async fn run_swap(db: &TestDb, run_id: Uuid) -> SwapOutcome {
-    let mut c = db.client().await;
-    swap(&mut c, run_id, &RefreshSettings::default())
+    run_swap_with(db, run_id, &RefreshSettings::default())
         .await
         .unwrap()
+}
+
+/// A swap as the worker runs it: on a session holding the worker's run
+/// lock (unless another session does).
+async fn run_swap_with(
+    db: &TestDb,
+    run_id: Uuid,
+    settings: &RefreshSettings,
+) -> Result<SwapOutcome, shared::refresh::RefreshError> {
+    let mut c = db.client().await;
+    let held = take_worker_lock(&c).await;
+    let out = swap(&mut c, run_id, settings).await;
+    if held {
+        release_worker_lock(&c).await;
+    }
+    out
+}
+
+async fn take_worker_lock(c: &tokio_postgres::Client) -> bool {
+    c.query_one(
+        "SELECT pg_try_advisory_lock($1)",
+        &[&RefreshSettings::default().lock_key],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+async fn release_worker_lock(c: &tokio_postgres::Client) {
+    c.execute(
+        "SELECT pg_advisory_unlock($1)",
+        &[&RefreshSettings::default().lock_key],
+    )
+    .await
+    .unwrap();
 }
 
 async fn status_of(db: &TestDb, run_id: Uuid) -> (String, Option<String>, i32) {
@@ -426,8 +460,7 @@ async fn an_error_in_the_swap_rolls_everything_back() {
     let before = dump_production(&db).await;
     let run_id = running_run(&db, 2025).await;
     stage(&db, run_id, &page(3), StagingMethod::BinaryCopy).await;
-    let mut conn = db.client().await;
-    let err = swap(&mut conn, run_id, &RefreshSettings::default())
+    let err = run_swap_with(&db, run_id, &RefreshSettings::default())
         .await
         .unwrap_err();
     assert!(err.to_string().contains("database error"), "{err}");
@@ -895,6 +928,37 @@ async fn a_run_closed_as_stale_or_locked_by_another_worker_commits_nothing() {
     assert_eq!(dump_production(&db).await, before);
 }
 
+/// A run a start closed as stale, whose staging would trip the guard, is
+/// not turned into a run held for review, which an admin could approve.
+#[tokio::test]
+async fn a_run_closed_as_stale_is_not_held_for_review() {
+    let db = TestDb::new().await;
+    let run1 = running_run(&db, 2025).await;
+    stage(&db, run1, &page(9), StagingMethod::BinaryCopy).await;
+    assert!(matches!(
+        run_swap(&db, run1).await,
+        SwapOutcome::Succeeded(_)
+    ));
+    let run2 = running_run(&db, 2025).await;
+    stage(&db, run2, &page(2), StagingMethod::BinaryCopy).await;
+    db.client()
+        .await
+        .execute(
+            "UPDATE kommo_import_runs SET status = 'failed', phase = 'failed', error = 'abandoned'
+              WHERE id = $1",
+            &[&run2],
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(run_swap(&db, run2).await, SwapOutcome::NotOwned);
+    let (status, error, _) = status_of(&db, run2).await;
+    assert_eq!(
+        (status.as_str(), error.as_deref()),
+        ("failed", Some("abandoned"))
+    );
+}
+
 #[tokio::test]
 async fn each_swap_statement_stops_at_the_swap_timeout() {
     let db = TestDb::new().await;
@@ -917,6 +981,7 @@ async fn each_swap_statement_stops_at_the_swap_timeout() {
         ..RefreshSettings::default()
     };
     let mut conn = db.client().await;
+    assert!(take_worker_lock(&conn).await);
     let started = std::time::Instant::now();
     let err = swap(&mut conn, run_id, &settings).await.unwrap_err();
     assert!(format!("{err:?}").contains("statement timeout"), "{err:?}");
@@ -958,7 +1023,10 @@ async fn a_swap_waits_for_a_delivery_in_flight_instead_of_deadlocking() {
     let swapping = tokio::spawn(async move {
         let mut conn = pool.get().await.unwrap();
         let client: &mut tokio_postgres::Client = &mut conn;
-        swap(client, run2, &RefreshSettings::default()).await
+        assert!(take_worker_lock(client).await);
+        let out = swap(client, run2, &RefreshSettings::default()).await;
+        release_worker_lock(client).await;
+        out
     });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(!swapping.is_finished(), "the swap waits for the delivery");

@@ -295,24 +295,26 @@ pub async fn list_runs(
         .collect())
 }
 
-/// Closes a run in a terminal state; the phase names the state too, so the
-/// UI's progress line ends where the run did.
+/// Closes a run that is still queued or running in a terminal state; the
+/// phase names the state too, so the UI's progress line ends where the run
+/// did. False when the run was already closed (a start closed it as stale):
+/// its record is left as it is.
 pub async fn finish(
     client: &impl GenericClient,
     id: Uuid,
     status: RunStatus,
     error: Option<&str>,
     http_status: Option<u16>,
-) -> Result<(), RefreshError> {
+) -> Result<bool, RefreshError> {
     let http_status = http_status.map(i32::from);
-    client
+    let n = client
         .execute(
             "UPDATE kommo_import_runs
                 SET status = $2, phase = $2, finished_at = now(), updated_at = now(),
                     error = coalesce($3, error), http_status = coalesce($4, http_status)
-              WHERE id = $1",
+              WHERE id = $1 AND status IN ('queued', 'running')",
             &[&id, &status.as_str(), &error, &http_status],
         )
         .await?;
-    Ok(())
+    Ok(n == 1)
 }

@@ -154,7 +154,7 @@ async fn refuse(
         ..
     } = staged.counts;
     if leads == 0 {
-        finish(
+        let closed = finish(
             client,
             run_id,
             RunStatus::Failed,
@@ -162,7 +162,11 @@ async fn refuse(
             None,
         )
         .await?;
-        return Ok(Some(SwapOutcome::NoLeads));
+        return Ok(Some(if closed {
+            SwapOutcome::NoLeads
+        } else {
+            SwapOutcome::NotOwned
+        }));
     }
     let Some(prev) = staged.previous.filter(|p| *p > 0).map(i64::from) else {
         return Ok(None);
@@ -176,10 +180,13 @@ async fn refuse(
          run's year; production was left unchanged",
         settings.max_drop * 100.0
     );
-    client
+    // Only a run still running is held: one a start closed as stale must
+    // not become approvable.
+    let counted = client
         .execute(
             "UPDATE kommo_import_runs SET leads_count = $2, contacts_count = $3,
-                    vehicles_count = $4, last_success_count = $5 WHERE id = $1",
+                    vehicles_count = $4, last_success_count = $5
+              WHERE id = $1 AND status = 'running'",
             &[
                 &run_id,
                 &(leads as i32),
@@ -189,7 +196,9 @@ async fn refuse(
             ],
         )
         .await?;
-    finish(client, run_id, RunStatus::NeedsReview, Some(&msg), None).await?;
+    if counted == 0 || !finish(client, run_id, RunStatus::NeedsReview, Some(&msg), None).await? {
+        return Ok(Some(SwapOutcome::NotOwned));
+    }
     Ok(Some(SwapOutcome::NeedsReview {
         leads,
         previous: prev,
@@ -205,42 +214,37 @@ async fn replace_production(
     settings: &RefreshSettings,
 ) -> Result<SwapOutcome, RefreshError> {
     let tx = client.transaction().await?;
-    // Locks the run row: nothing may close it between here and the commit.
-    if !owned(&tx, run_id, RunStatus::Running, settings.lock_key).await? {
-        tracing::warn!(%run_id, "the run is no longer running or another worker holds its lock; swap skipped");
+    // Locks the run row: nothing may close it between here and the commit,
+    // and only this session can release its worker lock.
+    if !owned(&tx, run_id, settings.lock_key).await? {
+        tracing::warn!(%run_id, "the run is no longer running or this session does not hold the worker lock; swap skipped");
         return Ok(SwapOutcome::NotOwned);
     }
     let counts = write_production(&tx, run_id, staged, settings).await?;
-    // The row is ours since the first check; the lock is checked again.
-    if !owned(&tx, run_id, RunStatus::Succeeded, settings.lock_key).await? {
-        tracing::warn!(%run_id, "another worker took the run lock during the swap; rolled back");
-        return Ok(SwapOutcome::NotOwned);
-    }
     tx.commit().await?;
     tracing::info!(%run_id, ?counts, "full refresh swapped into production");
     Ok(SwapOutcome::Succeeded(counts))
 }
 
-/// Whether the run is `status` (its row locked for the transaction) and no
-/// other session holds the worker's run lock (`lock_key`, a `bigint` key;
-/// advisory locks are per database, `pg_locks` is not).
+/// Whether the run is still `running` (its row locked for the transaction)
+/// and this session holds the worker's run lock (`lock_key`, a `bigint`
+/// key; advisory locks are per database, `pg_locks` is not).
 async fn owned(
     tx: &tokio_postgres::Transaction<'_>,
     run_id: Uuid,
-    status: RunStatus,
     lock_key: i64,
 ) -> Result<bool, RefreshError> {
     let row = tx
         .query_opt(
-            "SELECT status = $3 AND NOT EXISTS (
+            "SELECT status = 'running' AND EXISTS (
                         SELECT 1 FROM pg_locks l
                          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
                            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
                            AND l.classid = ($2::bigint >> 32)::oid
                            AND l.objid = ($2::bigint & 4294967295)::oid
-                           AND l.pid <> pg_backend_pid())
+                           AND l.pid = pg_backend_pid())
                FROM kommo_import_runs WHERE id = $1 FOR UPDATE",
-            &[&run_id, &lock_key, &status.as_str()],
+            &[&run_id, &lock_key],
         )
         .await?;
     Ok(row.is_some_and(|r| r.get(0)))

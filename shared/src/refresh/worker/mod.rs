@@ -396,8 +396,11 @@ impl Worker {
         message: &str,
         http_status: Option<u16>,
     ) -> Result<JobOutcome, RefreshError> {
+        if !runs::finish(&*client, run_id, status, Some(message), http_status).await? {
+            tracing::info!(%run_id, "run already closed elsewhere; its record is left as it is");
+            return Ok(JobOutcome::Skipped);
+        }
         tracing::warn!(%run_id, status = status.as_str(), http_status, message, "full refresh ended");
-        runs::finish(&*client, run_id, status, Some(message), http_status).await?;
         alert::count_finished(status);
         self.alert(client, run_id).await;
         Ok(JobOutcome::Finished(status))
