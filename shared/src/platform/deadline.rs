@@ -70,6 +70,16 @@ impl Deadline {
             .is_some_and(|at| at.saturating_duration_since(Instant::now()) <= self.margin)
     }
 
+    /// This deadline, or `budget` from now when that comes first: a step
+    /// with a budget of its own still ends inside the invocation.
+    pub fn at_most(self, budget: Duration) -> Self {
+        let capped = Instant::now() + budget + self.margin;
+        Deadline {
+            at: Some(self.at.map_or(capped, |at| at.min(capped))),
+            margin: self.margin,
+        }
+    }
+
     /// Whether `work` still fits before the margin (always, with no deadline).
     pub fn allows(&self, work: Duration) -> bool {
         self.at.is_none_or(|at| {
@@ -81,6 +91,27 @@ impl Deadline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn at_most_keeps_the_earlier_end() {
+        let budget = Duration::from_secs(60);
+        let capped = Deadline::none().at_most(budget);
+        assert!(capped.allows(Duration::from_secs(59)));
+        assert!(!capped.allows(Duration::from_secs(61)));
+        let short =
+            Deadline::after(Duration::from_secs(10), Duration::from_secs(2)).at_most(budget);
+        assert!(short.allows(Duration::from_secs(7)));
+        assert!(
+            !short.allows(Duration::from_secs(9)),
+            "the invocation ends first"
+        );
+        let long =
+            Deadline::after(Duration::from_secs(900), Duration::from_secs(2)).at_most(budget);
+        assert!(
+            !long.allows(Duration::from_secs(61)),
+            "the budget ends first"
+        );
+    }
 
     fn now_ms() -> u64 {
         SystemTime::now()

@@ -9,28 +9,24 @@
 use std::time::Duration;
 
 use crate::{
-    outbox::{reconcile_live, ReconcileLimits, ReconcileReport},
+    outbox::{reconcile_live, ReconcileLimits},
     platform::{deadline::Deadline, flags::FeatureFlags},
 };
 
 /// How long the worker's reconcile after a swap (its own, or an approved
 /// run's) may take; the daily reconcile finishes a pass this one leaves open.
-pub const WORKER_BUDGET: Duration = Duration::from_secs(60);
+const BUDGET: Duration = Duration::from_secs(60);
 
-/// Reconciles for at most `budget` after a successful swap. A failure is
-/// logged, not raised: the swap has committed, and the daily reconcile
-/// catches up.
+/// Reconciles for at most [`BUDGET`], and never past the invocation's
+/// `deadline`, after a successful swap. A failure is logged, not raised: the
+/// swap has committed, and the daily reconcile catches up.
 pub async fn after_swap(
     client: &mut tokio_postgres::Client,
     flags: &FeatureFlags,
-    budget: Duration,
-) -> Option<ReconcileReport> {
-    let deadline = Deadline::after(budget, Duration::ZERO);
-    match reconcile_live(client, flags, deadline, ReconcileLimits::default()).await {
-        Ok(report) => Some(report),
-        Err(e) => {
-            tracing::warn!(error = %e, "zoho reconcile after the swap failed; the daily one catches up");
-            None
-        }
+    deadline: Deadline,
+) {
+    let deadline = deadline.at_most(BUDGET);
+    if let Err(e) = reconcile_live(client, flags, deadline, ReconcileLimits::default()).await {
+        tracing::warn!(error = %e, "zoho reconcile after the swap failed; the daily one catches up");
     }
 }

@@ -107,7 +107,7 @@ impl Worker {
             return Ok(JobOutcome::Skipped);
         };
         if let (RunStatus::NeedsReview, Some(approver)) = (run.status, run.approved_by.as_deref()) {
-            return self.swap_approved(client, run_id, approver).await;
+            return self.swap_approved(client, run_id, approver, deadline).await;
         }
         if !run.status.is_active() {
             tracing::info!(%run_id, status = run.status.as_str(), "run already over; job dropped");
@@ -154,7 +154,7 @@ impl Worker {
         if let ControlFlow::Break(outcome) = self.confirm_missing(client, run_id).await? {
             return Ok(outcome);
         }
-        self.swap_and_finish(client, run_id).await
+        self.swap_and_finish(client, run_id, deadline).await
     }
 
     /// Queues the job's continuation: the checkpoint says where it resumes.
@@ -298,6 +298,7 @@ impl Worker {
         &self,
         client: &mut tokio_postgres::Client,
         run_id: Uuid,
+        deadline: Deadline,
     ) -> Result<JobOutcome, RefreshError> {
         client
             .execute(
@@ -320,7 +321,7 @@ impl Worker {
         }
         let status = match swapped {
             Ok(SwapOutcome::Succeeded(_)) => {
-                self.after_success(client).await;
+                self.after_success(client, deadline).await;
                 RunStatus::Succeeded
             }
             Ok(SwapOutcome::NoLeads) => RunStatus::Failed,
@@ -347,6 +348,7 @@ impl Worker {
         client: &mut tokio_postgres::Client,
         run_id: Uuid,
         approver: &str,
+        deadline: Deadline,
     ) -> Result<JobOutcome, RefreshError> {
         let decision = match swap::approve(client, run_id, approver, &self.settings).await {
             Ok(decision) => decision,
@@ -369,7 +371,7 @@ impl Worker {
         };
         match decision {
             Decision::Approved(_) => {
-                self.after_success(client).await;
+                self.after_success(client, deadline).await;
                 alert::count_finished(RunStatus::Succeeded);
                 Ok(JobOutcome::Finished(RunStatus::Succeeded))
             }
@@ -381,8 +383,8 @@ impl Worker {
     }
 
     /// After a swap commits: the Zoho work of what changed, old staging.
-    async fn after_success(&self, client: &mut tokio_postgres::Client) {
-        zoho_work::after_swap(client, &self.flags, zoho_work::WORKER_BUDGET).await;
+    async fn after_success(&self, client: &mut tokio_postgres::Client, deadline: Deadline) {
+        zoho_work::after_swap(client, &self.flags, deadline).await;
         if let Err(e) = staging::cleanup(&*client, self.settings.keep_runs).await {
             tracing::warn!(error = %e, "staging cleanup failed; it is retried after the next run");
         }
