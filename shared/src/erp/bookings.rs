@@ -36,7 +36,6 @@ macro_rules! kommo_booking_overwrites {
 pub struct LeadBooking {
     pub id: Uuid,
     pub kommo_updated_at: Option<DateTime<Utc>>,
-    pub zoho_sales_order_id: Option<String>,
 }
 
 /// Finds and locks a lead's booking: by `source_payload_id`, or by an
@@ -49,7 +48,7 @@ pub async fn find_for_lead(
     let row = tx
         .query_opt(
             &tx.prepare_cached(
-                "SELECT id, kommo_updated_at, zoho_sales_order_id FROM bookings
+                "SELECT id, kommo_updated_at FROM bookings
               WHERE source_payload_id = $1 OR (external_code IS NOT NULL AND external_code = $2)
               ORDER BY (source_payload_id = $1) DESC NULLS LAST
               LIMIT 1 FOR UPDATE",
@@ -61,7 +60,6 @@ pub async fn find_for_lead(
     Ok(row.map(|r| LeadBooking {
         id: r.get(0),
         kommo_updated_at: r.get(1),
-        zoho_sales_order_id: r.get(2),
     }))
 }
 

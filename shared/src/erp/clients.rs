@@ -56,7 +56,6 @@ pub struct ClientOutcome {
     pub created: bool,
     /// False when the stored row was newer and left alone.
     pub applied: bool,
-    pub zoho_contact_id: Option<String>,
 }
 
 /// How an existing client was found.
@@ -204,7 +203,7 @@ const UPDATE_ONE_FROM_KOMMO: &str = concat!(
     " AS (VALUES ($1::uuid, $2::bigint, $3::text, $4::text, $5::text, $6::text, $7::text,
                   $8::text, $9::timestamptz)) ",
     kommo_profile_update!(),
-    " RETURNING c.zoho_contact_id"
+    " RETURNING c.id"
 );
 
 /// Staff typing a booking must not silently rewrite a client's record: the
@@ -218,7 +217,7 @@ const FILL_BLANKS: &str = "UPDATE clients SET
         phone_normalized = coalesce(phone_normalized, $7),
         updated_at = now()
   WHERE id = $1
-  RETURNING zoho_contact_id";
+  RETURNING id";
 
 /// The staged contacts of a run as the matching input.
 macro_rules! staged_input {
@@ -297,7 +296,6 @@ pub async fn upsert_client(
                 id: row.get(0),
                 created: true,
                 applied: true,
-                zoho_contact_id: None,
             }),
             None => Box::pin(upsert_client(tx, c)).await,
         };
@@ -313,27 +311,19 @@ pub async fn upsert_client(
     let row = tx
         .query_opt(&tx.prepare_cached(sql).await?, &params)
         .await?;
-    let (applied, zoho_contact_id) = match row {
-        Some(r) => (true, r.get(0)),
-        None => (false, zoho_contact_id(tx, id).await?.flatten()),
-    };
     Ok(ClientOutcome {
         id,
         created: false,
-        applied,
-        zoho_contact_id,
+        applied: row.is_some(),
     })
 }
 
-/// A client's Zoho contact id; `None` when there is no such client.
-pub async fn zoho_contact_id(
-    tx: &tokio_postgres::Transaction<'_>,
-    id: Uuid,
-) -> Result<Option<Option<String>>, DbError> {
+/// Whether a client with this id exists.
+pub async fn exists(tx: &tokio_postgres::Transaction<'_>, id: Uuid) -> Result<bool, DbError> {
     Ok(tx
-        .query_opt("SELECT zoho_contact_id FROM clients WHERE id = $1", &[&id])
+        .query_opt("SELECT 1 FROM clients WHERE id = $1", &[&id])
         .await?
-        .map(|r| r.get(0)))
+        .is_some())
 }
 
 /// The outbox's settle: Zoho contact ids of clients Zoho accepted, and the

@@ -101,7 +101,7 @@ pub async fn apply_lead(
         let deactivated = match &booking {
             Some(b) => {
                 bookings::deactivate_excluded(tx, b.id, lead).await?;
-                enqueue_zoho_work(tx, None, Some(b.id)).await?;
+                enqueue_zoho_work(tx, &[], &[b.id]).await?;
                 tracing::info!(lead_id = lead.lead_id, booking_id = %b.id, "ingest: lead moved to an excluded status, booking deactivated");
                 Some(b.id)
             }
@@ -112,7 +112,7 @@ pub async fn apply_lead(
 
     let (booking_id, created) = write_booking(tx, lead, booking.as_ref(), client_id).await?;
     let enqueued = match &client {
-        Some(c) => enqueue_zoho_work(tx, Some(c.id), Some(booking_id)).await?,
+        Some(c) => enqueue_zoho_work(tx, &[c.id], &[booking_id]).await?,
         None => {
             // Zoho needs a contact for a sales order; the next delivery that
             // brings one enqueues it.
@@ -148,7 +148,6 @@ async fn lead_client(
         id,
         created: false,
         applied: false,
-        zoho_contact_id: None,
     }))
 }
 
@@ -186,9 +185,7 @@ async fn write_booking(
 pub async fn delete_lead(tx: &Transaction<'_>, lead_id: i64) -> Result<(u64, u64), DbError> {
     lock_lead(tx, lead_id).await?;
     let deactivated = bookings::deactivate_deleted_lead(tx, lead_id).await?;
-    for id in &deactivated {
-        enqueue_zoho_work(tx, None, Some(*id)).await?;
-    }
+    enqueue_zoho_work(tx, &[], &deactivated).await?;
     let leads = sales_leads::archive_deleted_lead(tx, lead_id).await?;
     sales_leads::record_deletion(tx, lead_id).await?;
     Ok((deactivated.len() as u64, leads))
@@ -205,7 +202,7 @@ pub async fn refresh_contact(
     }
     let out = upsert_client(tx, contact).await?;
     let enqueued = if out.applied {
-        enqueue_zoho_work(tx, Some(out.id), None).await?
+        enqueue_zoho_work(tx, &[out.id], &[]).await?
     } else {
         Enqueued::default()
     };

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::{
     outbox::{
-        lockstep::{enqueue_changed, Table},
+        lockstep::{enqueue_changed_cached, Table},
         OutboxError, EVENT_CONTACT_UPDATE, EVENT_CONTACT_UPSERT, EVENT_SALES_ORDER_CREATE,
         EVENT_SALES_ORDER_UPDATE,
     },
@@ -46,19 +46,17 @@ fn outbox_err(e: OutboxError) -> DbError {
     }
 }
 
-/// Queues what this client and booking need after a change; nothing when
-/// Zoho already holds exactly their current Zoho-bound fields.
+/// Queues what these clients and bookings need after a change; nothing
+/// when Zoho already holds exactly their current Zoho-bound fields.
 pub async fn enqueue_zoho_work(
     tx: &Transaction<'_>,
-    client_id: Option<Uuid>,
-    booking_id: Option<Uuid>,
+    clients: &[Uuid],
+    bookings: &[Uuid],
 ) -> Result<Enqueued, DbError> {
-    let clients: Vec<Uuid> = client_id.into_iter().collect();
-    let bookings: Vec<Uuid> = booking_id.into_iter().collect();
-    let c = enqueue_changed(tx, Table::Clients, &clients)
+    let c = enqueue_changed_cached(tx, Table::Clients, clients)
         .await
         .map_err(outbox_err)?;
-    let b = enqueue_changed(tx, Table::Bookings, &bookings)
+    let b = enqueue_changed_cached(tx, Table::Bookings, bookings)
         .await
         .map_err(outbox_err)?;
     let due = |events: &[String], e: &str| events.iter().any(|x| x == e);

@@ -119,9 +119,9 @@ pub struct Due {
     pub events: Vec<String>,
 }
 
-async fn query_due(
+async fn query_due<S: ?Sized + tokio_postgres::ToStatement>(
     tx: &tokio_postgres::Transaction<'_>,
-    sql: &str,
+    sql: &S,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<Due, OutboxError> {
     let r = tx.query_one(sql, params).await?;
@@ -143,11 +143,28 @@ pub async fn enqueue_changed(
     if ids.is_empty() {
         return Ok(Due::default());
     }
-    let sql = match table {
+    query_due(tx, by_id(table), &[&ids]).await
+}
+
+/// [`enqueue_changed`] through the connection's statement cache, for the
+/// webhook processor, which runs it for every lead.
+pub async fn enqueue_changed_cached(
+    tx: &deadpool_postgres::Transaction<'_>,
+    table: Table,
+    ids: &[Uuid],
+) -> Result<Due, OutboxError> {
+    if ids.is_empty() {
+        return Ok(Due::default());
+    }
+    let statement = tx.prepare_cached(by_id(table)).await?;
+    query_due(tx, &statement, &[&ids]).await
+}
+
+fn by_id(table: Table) -> &'static str {
+    match table {
         Table::Clients => CLIENTS_BY_ID,
         Table::Bookings => BOOKINGS_BY_ID,
-    };
-    query_due(tx, sql, &[&ids]).await
+    }
 }
 
 /// The same over the `limit` rows after `after` in id order (reconcile).

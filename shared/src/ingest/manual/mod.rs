@@ -131,7 +131,7 @@ async fn insert_booking(
     created_by: &str,
     b: &NewBooking,
 ) -> Result<CreatedBooking, BookingError> {
-    let (client_id, _, client_created) = booking_client(tx, b).await?;
+    let (client_id, client_created) = booking_client(tx, b).await?;
     let Some(booking_id) = bookings::insert_manual(tx, created_by, client_id, b).await? else {
         return Err(BookingError::Duplicate(
             b.external_code.clone().unwrap_or_default(),
@@ -141,7 +141,7 @@ async fn insert_booking(
         bookings::set_primary_vehicle(tx, booking_id, b.vehicle_id).await?;
     }
     bookings::add_calendar_entry(tx, booking_id, created_by, b).await?;
-    let enqueued = enqueue_zoho_work(tx, Some(client_id), Some(booking_id))
+    let enqueued = enqueue_zoho_work(tx, &[client_id], &[booking_id])
         .await?
         .events();
     Ok(CreatedBooking {
@@ -154,19 +154,19 @@ async fn insert_booking(
 }
 
 /// Checks the references the form could not check (the client and the
-/// vehicle exist), then finds or creates the client: (id, Zoho id, created).
+/// vehicle exist), then finds or creates the client: (id, created).
 async fn booking_client(
     tx: &Transaction<'_>,
     b: &NewBooking,
-) -> Result<(Uuid, Option<String>, bool), BookingError> {
+) -> Result<(Uuid, bool), BookingError> {
     let mut problems = Vec::new();
     let existing = match &b.client {
         ClientRef::Existing(id) => {
-            let zoho = clients::zoho_contact_id(tx, *id).await?;
-            if zoho.is_none() {
+            let found = clients::exists(tx, *id).await?;
+            if !found {
                 problems.push(FieldProblem::new("client_id", "no such client"));
             }
-            zoho.map(|z| (*id, z))
+            found.then_some(*id)
         }
         ClientRef::New(_) => None,
     };
@@ -181,10 +181,10 @@ async fn booking_client(
         return Err(BookingError::Invalid(problems));
     }
     match (&b.client, existing) {
-        (_, Some((id, zoho))) => Ok((id, zoho, false)),
+        (_, Some(id)) => Ok((id, false)),
         (ClientRef::New(input), None) => {
             let out = clients::upsert_client(tx, input).await?;
-            Ok((out.id, out.zoho_contact_id, out.created))
+            Ok((out.id, out.created))
         }
         (ClientRef::Existing(_), None) => Err(BookingError::Invalid(problems)),
     }
