@@ -8,7 +8,7 @@ use serde_json::json;
 use shared::{
     platform::config::ZohoSettings,
     platform::secrets::ZohoSecret,
-    zoho::{ErrorClass, RecordResult, ZohoClient, ZohoError},
+    zoho::{ErrorClass, RecordResult, ZohoClient, ZohoError, ACTION_EXISTING},
 };
 use testkit::TestDb;
 
@@ -194,22 +194,33 @@ async fn sales_orders_are_idempotent_through_the_unique_field() {
     });
 
     z.time_out_after_next_creates(1, Duration::from_secs(3));
-    let err = c.create_sales_order(&order).await.unwrap_err();
+    let err = c
+        .create_sales_orders(std::slice::from_ref(&order))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ZohoError::Timeout), "{err}");
     assert!(err.is_retryable());
-
-    let so = c.create_sales_order(&order).await.unwrap();
-    assert!(so.already_existed);
-    let st = z.state();
-    assert_eq!(st.sales_orders.len(), 1);
-    assert_eq!(so.id, st.sales_orders[0].id);
 
     let mut bad = order.clone();
     bad["ERP_Booking_Id"] = json!("b-2");
     bad.as_object_mut().unwrap().remove("Subject");
-    let err = c.create_sales_order(&bad).await.unwrap_err();
-    assert_eq!(err.class(), ErrorClass::Permanent);
-    assert!(err.to_string().contains("MANDATORY_NOT_FOUND"), "{err}");
+    let results = c.create_sales_orders(&[order, bad]).await.unwrap();
+    let st = z.state();
+    assert_eq!(st.sales_orders.len(), 1);
+    match &results[0] {
+        RecordResult::Success { id, action, .. } => {
+            assert_eq!(action.as_deref(), Some(ACTION_EXISTING));
+            assert_eq!(id, &st.sales_orders[0].id);
+        }
+        other => panic!("the timed-out create is that order: {other:?}"),
+    }
+    match &results[1] {
+        RecordResult::Failure(e) => {
+            assert_eq!(e.class(), ErrorClass::Permanent);
+            assert_eq!(e.code, "MANDATORY_NOT_FOUND");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -40,16 +40,6 @@ pub enum RecordResult {
     Failure(RecordError),
 }
 
-/// A sales order that exists in Zoho after the call.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SalesOrder {
-    pub id: String,
-    /// True when Zoho reported `DUPLICATE_DATA` on the unique field: an
-    /// earlier attempt (perhaps one that timed out) created it.
-    pub already_existed: bool,
-    pub raw: Value,
-}
-
 /// Calls made and time spent in them, for metrics.
 #[derive(Debug, Default)]
 pub struct CallStats {
@@ -237,24 +227,6 @@ impl ZohoClient {
             .into_iter()
             .map(|r| self.existing_order(r))
             .collect())
-    }
-
-    /// `POST /crm/v8/Sales_Orders` with one record (see [`Self::create_sales_orders`]).
-    pub async fn create_sales_order(&self, record: &Value) -> Result<SalesOrder, ZohoError> {
-        let mut results = self
-            .create_sales_orders(std::slice::from_ref(record))
-            .await?;
-        match results.remove(0) {
-            RecordResult::Success { id, action, raw } => Ok(SalesOrder {
-                id,
-                already_existed: action.as_deref() == Some(ACTION_EXISTING),
-                raw,
-            }),
-            RecordResult::Failure(e) if self.is_unique_duplicate(&e) => Err(ZohoError::Malformed(
-                "DUPLICATE_DATA without the existing record's id".into(),
-            )),
-            RecordResult::Failure(e) => Err(ZohoError::Record(Box::new(e))),
-        }
     }
 
     fn is_unique_duplicate(&self, e: &RecordError) -> bool {

@@ -12,8 +12,8 @@ mod error;
 mod token;
 
 pub use client::{
-    CallStats, CallStatsSnapshot, LazyZohoClient, RecordResult, SalesOrder, ZohoClient,
-    ACTION_EXISTING, MAX_RECORDS_PER_CALL,
+    CallStats, CallStatsSnapshot, LazyZohoClient, RecordResult, ZohoClient, ACTION_EXISTING,
+    MAX_RECORDS_PER_CALL,
 };
 pub use error::{ErrorClass, RecordError, ZohoError};
 pub use token::{AccessToken, TokenManager, DEFAULT_TOKEN_ROW};
