@@ -1,16 +1,13 @@
 //! The outbox drain against a real Postgres and the Zoho sandbox: every
 //! acceptance point of the outbox issue.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use sandbox::zoho::{ZohoOptions, ZohoSandbox, ENDPOINT_CONTACTS_UPSERT, ENDPOINT_TOKEN};
 use serde_json::{json, Value};
 use shared::{
     outbox::{self, Drain, DrainReport, StopReason},
     platform::config::{OutboxSettings, ZohoSettings},
-    platform::flags::FeatureFlags,
-    platform::secrets::ZohoSecret,
-    zoho::{LazyZohoClient, ZohoClient},
 };
 use testkit::TestDb;
 use uuid::Uuid;
@@ -28,16 +25,7 @@ fn zoho_settings() -> ZohoSettings {
 
 /// A drain as one Lambda container would have it: own pool, own token cache.
 fn drain_with(db: &TestDb, z: &ZohoSandbox, o: OutboxSettings, zs: ZohoSettings) -> Drain {
-    let pool = db.pool();
-    let secret: ZohoSecret = serde_json::from_value(z.secret_json()).unwrap();
-    let client = ZohoClient::new(secret, zs, pool.clone()).unwrap();
-    let flags = Arc::new(FeatureFlags::new(pool.clone(), Duration::ZERO));
-    Drain::new(
-        pool,
-        flags,
-        o,
-        Arc::new(LazyZohoClient::ready(Arc::new(client))),
-    )
+    testkit::outbox::drain_with(db, z.secret_json(), zs, o)
 }
 
 fn drain(db: &TestDb, z: &ZohoSandbox) -> Drain {

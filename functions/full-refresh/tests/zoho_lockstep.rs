@@ -9,10 +9,8 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use sandbox::{
-    kommo::{KommoOptions, KommoSandbox},
-    zoho::{ZohoOptions, ZohoSandbox},
-};
+use common::YEAR;
+use sandbox::zoho::{ZohoOptions, ZohoSandbox};
 use shared::{
     outbox::{reconcile, Drain, ReconcileLimits},
     platform::deadline::Deadline,
@@ -22,8 +20,6 @@ use testkit::{
     refresh::{run_to_completion, MemoryQueue},
     TestDb,
 };
-
-const YEAR: i32 = 2025;
 
 /// Sandbox contacts may share an email; the client id keeps them apart.
 fn drain(db: &TestDb, z: &ZohoSandbox) -> Drain {
@@ -41,15 +37,7 @@ async fn after_a_full_refresh_and_one_reconcile_zoho_holds_each_client_and_booki
     let db = TestDb::new().await;
     db.set_flag("enableKommoLive", true).await;
     db.set_flag("enableZohoLive", true).await;
-    let kommo = KommoSandbox::start(KommoOptions {
-        seed: 15,
-        leads: 300,
-        contacts: 120,
-        year: Some(YEAR),
-        ..KommoOptions::default()
-    })
-    .await
-    .unwrap();
+    let kommo = common::sandbox(300, 120).await;
     let z = ZohoSandbox::start(ZohoOptions::default()).await.unwrap();
     let queue = Arc::new(MemoryQueue::default());
     let settings = RefreshSettings {
@@ -106,11 +94,56 @@ async fn after_a_full_refresh_and_one_reconcile_zoho_holds_each_client_and_booki
     .await;
     assert_eq!(s.contacts.len() as i64, clients, "one contact per client");
     assert_eq!(s.sales_orders.len() as i64, orders, "one order per booking");
+    // Zoho merges a second send into the same record, so the counts alone
+    // would not show one: each record was written exactly once.
+    assert!(
+        s.contacts.iter().all(|r| r.writes == 1),
+        "a contact sent twice"
+    );
+    assert!(
+        s.sales_orders.iter().all(|r| r.writes == 1),
+        "an order sent twice"
+    );
     let active = "SELECT count(*) FROM bookings WHERE is_active AND client_id IS NOT NULL";
     assert_eq!(orders, count(&db, active).await);
 
     // A second identical refresh finds everything in step: no work at all.
     let again = run_to_completion(&w, &queue, "tester", YEAR).await.unwrap();
     assert_eq!(again.status, RunStatus::Succeeded, "{:?}", again.error);
+    assert_eq!(count(&db, live).await, 0);
+
+    // A lead deleted in Kommo (its delete webhook lost): the next refresh
+    // soft-deletes its booking, and the drain cancels the same order.
+    let c = db.client().await;
+    let (booking, order_id, lead_id): (uuid::Uuid, String, i64) = {
+        let r = c
+            .query_one(
+                "SELECT id, zoho_sales_order_id, kommo_lead_id FROM bookings
+                  WHERE is_active AND zoho_sales_order_id IS NOT NULL ORDER BY kommo_lead_id LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert!(kommo.delete_lead(lead_id).is_some());
+    let third = run_to_completion(&w, &queue, "tester", YEAR).await.unwrap();
+    assert_eq!(third.status, RunStatus::Succeeded, "{:?}", third.error);
+    let active: bool = c
+        .query_one("SELECT is_active FROM bookings WHERE id = $1", &[&booking])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!active, "the refresh soft-deleted the booking");
+    d.run(d.deadline_in(Duration::from_secs(60))).await.unwrap();
+    let s = z.state();
+    assert_eq!(s.sales_orders.len() as i64, orders, "no new order");
+    let cancelled = s
+        .sales_orders
+        .iter()
+        .find(|o| o.id == order_id)
+        .expect("the booking's order");
+    assert_eq!(cancelled.fields["Status"], "Cancelled");
+    assert_eq!(cancelled.writes, 2);
     assert_eq!(count(&db, live).await, 0);
 }

@@ -46,10 +46,15 @@ pub fn zoho_settings(duplicate_check: &str) -> ZohoSettings {
 /// talking to the Zoho whose `ZohoSecret` JSON is `secret`; flags are read
 /// afresh on every run.
 pub fn drain(db: &TestDb, secret: Value, zoho: ZohoSettings) -> Drain {
+    drain_with(db, secret, zoho, outbox_settings())
+}
+
+/// [`drain`] with outbox settings of the test's own.
+pub fn drain_with(db: &TestDb, secret: Value, zoho: ZohoSettings, outbox: OutboxSettings) -> Drain {
     let pool = db.pool();
     let secret: ZohoSecret = serde_json::from_value(secret).expect("a ZohoSecret");
     let client = ZohoClient::new(secret, zoho, pool.clone()).expect("zoho client");
     let flags = Arc::new(FeatureFlags::new(pool.clone(), Duration::ZERO));
     let lazy = LazyZohoClient::ready(Arc::new(client));
-    Drain::new(pool, flags, outbox_settings(), Arc::new(lazy))
+    Drain::new(pool, flags, outbox, Arc::new(lazy))
 }
