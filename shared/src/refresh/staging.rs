@@ -35,10 +35,6 @@ impl JsonText {
     pub fn of(v: &Value) -> Self {
         JsonText(v.to_string())
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 impl ToSql for JsonText {
